@@ -1,0 +1,50 @@
+# fleetinfer — the two set-up commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_DEV := $(VENV)/.installed-dev
+
+.PHONY: demo test check services install install-dev clean format
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP_RUN): pyproject.toml | $(PY)
+	$(PIP) install -q -e .
+	touch $@
+
+$(STAMP_DEV): pyproject.toml | $(PY)
+	$(PIP) install -q -e '.[dev,train]'
+	touch $@ $(STAMP_RUN)
+
+install: $(STAMP_RUN)
+install-dev: $(STAMP_DEV)
+
+## make demo: create .venv, install, run the main job on the embedded defaults.
+demo: $(STAMP_RUN)
+	$(VENV)/bin/fleetinfer demo
+
+## make check: lint, format check and strict typing.
+check: $(STAMP_DEV)
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/mypy --strict
+
+## make services: make sure Redis and PostgreSQL answer (the tests start moto themselves).
+services:
+	bash scripts/services.sh
+
+## make test: dev dependencies, services, checks, then the whole suite.
+test: $(STAMP_DEV) services check
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+format: $(STAMP_DEV)
+	$(VENV)/bin/ruff check --fix src tests benchmarks examples
+	$(VENV)/bin/ruff format src tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) .fleetinfer .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,116 @@
+"""One exception tree for fleetinfer, split by what the caller does about it.
+
+```
+FleetinferError
+├── ConfigError                 fix the configuration (bad URL, missing extra, bad config.toml)
+│   ├── MissingExtraError       an optional driver is not installed: the message names the extra
+│   └── ModelConfigError        a model repository entry is missing or inconsistent
+├── InputError                  fix the input; retrying the same thing fails the same way
+│   ├── PayloadTooLargeError    a message or request above its size limit
+│   ├── MalformedMessageError   a message that is not valid JSON / not a task envelope
+│   ├── UnknownTaskError        a message names a task nobody registered
+│   ├── UnknownModelError       no such model or version in the repository
+│   └── InvalidInputError       wrong tensor name, dtype, shape or batch size
+├── TransientError              retry later; the condition is expected to pass
+│   ├── BrokerUnavailableError  the queue backend cannot be reached
+│   ├── StoreUnavailableError   the results store cannot be reached
+│   └── ServerUnavailableError  the model server cannot be reached
+├── QueueError                  a queue operation was refused by its semantics
+│   └── ReceiptExpiredError     ack / release / extend on a receipt that is no longer valid
+├── InferenceError              the model ran and failed (execution error inside the runtime)
+└── IntegrityError              an artifact does not match its recorded sha256
+```
+
+User task code steers the outcome of a task with :class:`fleetinfer.task.Retry` and
+:class:`fleetinfer.task.Reject`, which are control-flow signals rather than errors and live there.
+"""
+
+from __future__ import annotations
+
+
+class FleetinferError(Exception):
+    """Root of every error fleetinfer raises on purpose."""
+
+
+class ConfigError(FleetinferError):
+    """The configuration is wrong: fix it, retrying will not help."""
+
+
+class MissingExtraError(ConfigError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, module: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the Python package {module!r}, which is not installed: "
+            f"run `pip install 'fleetinfer[{extra}]'`"
+        )
+        self.module = module
+        self.extra = extra
+
+
+class ModelConfigError(ConfigError):
+    """A model repository entry is missing or inconsistent; the message names file and field."""
+
+
+class InputError(FleetinferError):
+    """The input is wrong: fix it, retrying the same input fails the same way."""
+
+
+class PayloadTooLargeError(InputError):
+    """A message or request is above its size limit."""
+
+    def __init__(self, what: str, size_bytes: int, limit_bytes: int) -> None:
+        super().__init__(
+            f"{what} is {size_bytes} bytes, above the limit of {limit_bytes} bytes: "
+            "send a reference to the data (a path or URL) instead of the data itself"
+        )
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
+
+
+class MalformedMessageError(InputError):
+    """A message body is not valid JSON or not a task envelope."""
+
+
+class UnknownTaskError(InputError):
+    """A message names a task that is not registered in the running app."""
+
+
+class UnknownModelError(InputError):
+    """A request names a model or version the repository does not have."""
+
+
+class InvalidInputError(InputError):
+    """A tensor has the wrong name, dtype, shape or batch size."""
+
+
+class TransientError(FleetinferError):
+    """A passing condition: retry later."""
+
+
+class BrokerUnavailableError(TransientError):
+    """The queue backend could not be reached."""
+
+
+class StoreUnavailableError(TransientError):
+    """The results store could not be reached."""
+
+
+class ServerUnavailableError(TransientError):
+    """The model server could not be reached."""
+
+
+class QueueError(FleetinferError):
+    """A queue operation was refused by the queue's semantics."""
+
+
+class ReceiptExpiredError(QueueError):
+    """The receipt handle no longer holds the message (visibility expired or already acked)."""
+
+
+class InferenceError(FleetinferError):
+    """The model runtime failed while executing a request."""
+
+
+class IntegrityError(FleetinferError):
+    """An artifact does not match its recorded sha256."""
