@@ -1,0 +1,116 @@
+"""ONNX Runtime sessions for model versions, with request validation against the model config.
+
+Used in-process by the `inprocess` client (the isolated baseline) and by the shared model server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from fleetinfer.errors import InferenceError, InvalidInputError
+from fleetinfer.server.repository import ModelConfig, ModelVersion, RuntimeConfig, verify_artifact
+
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+Tensors = dict[str, np.ndarray[Any, Any]]
+
+
+def session_options(runtime: RuntimeConfig, *, intra_op_threads: int | None = None) -> Any:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = (
+        runtime.intra_op_threads if intra_op_threads is None else intra_op_threads
+    )
+    options.inter_op_num_threads = runtime.inter_op_threads
+    options.graph_optimization_level = _OPTIMIZATION[runtime.graph_optimization_level]
+    options.enable_cpu_mem_arena = runtime.memory_arena
+    return options
+
+
+def usable_providers(requested: tuple[str, ...]) -> list[str]:
+    """The requested execution providers this onnxruntime build has, in order; CPU as the floor."""
+    available = set(ort.get_available_providers())
+    providers = [p for p in requested if p in available]
+    if "CPUExecutionProvider" not in providers:
+        providers.append("CPUExecutionProvider")
+    return providers
+
+
+def validate_inputs(config: ModelConfig, inputs: Mapping[str, Any]) -> Tensors:
+    """Check names, dtypes, shapes and batch size against the config; return contiguous arrays."""
+    expected = {spec.name for spec in config.inputs}
+    if set(inputs) != expected:
+        raise InvalidInputError(
+            f"model {config.name!r} takes inputs {sorted(expected)}, got {sorted(inputs)}"
+        )
+    checked: Tensors = {}
+    for spec in config.inputs:
+        array = inputs[spec.name]
+        if not isinstance(array, np.ndarray):
+            raise InvalidInputError(
+                f"input {spec.name!r} of {config.name!r} must be a numpy array, got {type(array).__name__}"
+            )
+        if array.dtype != spec.numpy_dtype:
+            raise InvalidInputError(
+                f"input {spec.name!r} of {config.name!r} must be {spec.dtype}, got {array.dtype}: "
+                f"convert with .astype(np.{spec.dtype})"
+            )
+        _check_shape(config, spec.name, spec.shape, array.shape)
+        checked[spec.name] = np.ascontiguousarray(array)
+    return checked
+
+
+def _check_shape(
+    config: ModelConfig, name: str, expected: tuple[int, ...], got: tuple[int, ...]
+) -> None:
+    fits = len(expected) == len(got) and all(
+        e in (-1, g) for e, g in zip(expected, got, strict=True)
+    )
+    if not fits:
+        raise InvalidInputError(
+            f"input {name!r} of {config.name!r} must have shape {list(expected)} (-1 = any), got {list(got)}"
+        )
+    if expected[0] == -1 and got[0] > config.max_batch_size:
+        raise InvalidInputError(
+            f"input {name!r} of {config.name!r} has batch {got[0]}, above max_batch_size "
+            f"{config.max_batch_size}: split the request"
+        )
+    if expected[0] == -1 and got[0] == 0:
+        raise InvalidInputError(f"input {name!r} of {config.name!r} has an empty batch")
+
+
+class OrtModel:
+    """One loaded model version: its artifact verified, an ONNX Runtime session, validation."""
+
+    def __init__(self, model: ModelVersion, *, intra_op_threads: int | None = None) -> None:
+        verify_artifact(model)
+        self.model = model
+        self.config = model.config
+        self.providers = usable_providers(model.config.runtime.execution_providers)
+        self.session = ort.InferenceSession(
+            str(model.path),
+            sess_options=session_options(model.config.runtime, intra_op_threads=intra_op_threads),
+            providers=self.providers,
+        )
+        self.output_names = [spec.name for spec in model.config.outputs]
+
+    def infer(self, inputs: Mapping[str, Any]) -> Tensors:
+        return self.run(validate_inputs(self.config, inputs))
+
+    def run(self, inputs: Tensors) -> Tensors:
+        """Run already-validated inputs; runtime failures become `InferenceError`."""
+        try:
+            outputs = self.session.run(self.output_names, inputs)
+        except Exception as exc:  # onnxruntime raises its own unexported exception types
+            raise InferenceError(
+                f"model {self.config.name!r} version {self.model.version} failed: {exc}"
+            ) from exc
+        return dict(zip(self.output_names, outputs, strict=True))

@@ -1,0 +1,64 @@
+"""Tiny ONNX models built with onnx.helper, and model repositories around them."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def affine_model(path: Path, *, features: int = 4, scale: float = 2.0, bias: float = 1.0) -> Path:
+    """y = x * scale + bias, input `x` float32 [-1, features], output `y` of the same shape."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])],
+        "affine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", features])],
+        initializer=[
+            numpy_helper.from_array(np.array([scale], dtype=np.float32), "s"),
+            numpy_helper.from_array(np.array([bias], dtype=np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_config(
+    folder: Path, name: str, *, features: int = 4, max_batch_size: int = 8, extra: str = ""
+) -> Path:
+    text = f"""
+name = "{name}"
+max_batch_size = {max_batch_size}
+[[inputs]]
+name = "x"
+dtype = "float32"
+shape = [-1, {features}]
+[[outputs]]
+name = "y"
+dtype = "float32"
+shape = [-1, {features}]
+{extra}
+"""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.toml").write_text(text)
+    return folder / "config.toml"
+
+
+def affine_repository(
+    root: Path, *, name: str = "affine", versions: dict[int, float] | None = None
+) -> Path:
+    """A repository with one affine model; `versions` maps version -> scale."""
+    versions = versions or {1: 2.0}
+    hashes = []
+    for version, scale in versions.items():
+        path = affine_model(root / name / str(version) / "model.onnx", scale=scale)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        hashes.append(f'[versions.{version}]\nsha256 = "{digest}"')
+    write_config(root / name, name, extra="\n".join(hashes))
+    return root
