@@ -16,11 +16,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fleetinfer.errors import MalformedMessageError, PayloadTooLargeError
+from fleetinfer.errors import (
+    InputError,
+    MalformedMessageError,
+    PayloadTooLargeError,
+    ReceiptExpiredError,
+)
 
 MAX_MESSAGE_BYTES = 256 * 1024
 DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
 DEFAULT_MAX_RECEIVES = 5
+MAX_DELAY_S = 15 * 60.0
+MAX_WAIT_S = 20.0
+MAX_VISIBILITY_S = 12 * 3600.0
+MAX_RECEIVE_BATCH = 1000
 
 JsonValue = Any
 """A value `json.dumps` accepts: dict, list, str, int, float, bool or None."""
@@ -40,7 +49,7 @@ class Message:
         """Decode the body; a body that is not JSON raises `MalformedMessageError`."""
         try:
             return json.loads(self.body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except json.JSONDecodeError as exc:
             raise MalformedMessageError(
                 f"message {self.id} is not valid JSON ({exc.msg} at position {exc.pos}): "
                 f"expected a JSON task envelope, got {self.body[:80]!r}"
@@ -90,6 +99,44 @@ def check_body_size(text: str, limit_bytes: int = MAX_MESSAGE_BYTES) -> None:
         raise PayloadTooLargeError("message body", size, limit_bytes)
 
 
+def raise_if_stale(stale_receipts: Sequence[str]) -> None:
+    """Raise one `ReceiptExpiredError` naming every stale receipt of a batch, if any."""
+    if stale_receipts:
+        shown = ", ".join(repr(r) for r in stale_receipts[:5])
+        more = f" and {len(stale_receipts) - 5} more" if len(stale_receipts) > 5 else ""
+        raise ReceiptExpiredError(
+            f"{len(stale_receipts)} receipt(s) no longer hold their message ({shown}{more}): "
+            "the visibility timeout passed or the message was acked; it will be (or was) "
+            "delivered again, so the task must be safe to run twice"
+        )
+
+
+def check_delay(delay_s: float, *, limit_s: float = MAX_DELAY_S) -> None:
+    """A delay is a number of seconds in [0, 15 min], as SQS allows."""
+    if not 0.0 <= delay_s <= limit_s:
+        raise InputError(
+            f"delay_s must be a number of seconds between 0 and {limit_s:g}, got {delay_s!r}: "
+            "for longer delays, schedule the send itself"
+        )
+
+
+def check_receive_args(
+    max_messages: int, wait_s: float, visibility_timeout_s: float | None
+) -> None:
+    """Receive arguments in range: 1..MAX_RECEIVE_BATCH messages, wait >= 0, timeout > 0."""
+    if not 1 <= max_messages <= MAX_RECEIVE_BATCH:
+        raise InputError(
+            f"max_messages must be between 1 and {MAX_RECEIVE_BATCH}, got {max_messages!r}"
+        )
+    if not 0.0 <= wait_s <= MAX_WAIT_S:
+        raise InputError(f"wait_s must be between 0 and {MAX_WAIT_S:g} seconds, got {wait_s!r}")
+    if visibility_timeout_s is not None and not 0.0 < visibility_timeout_s <= MAX_VISIBILITY_S:
+        raise InputError(
+            f"visibility_timeout_s must be above 0 and at most {MAX_VISIBILITY_S:g} seconds "
+            f"(12 hours, as SQS), got {visibility_timeout_s!r}"
+        )
+
+
 class Broker(ABC):
     """One queue (and its dead-letter queue) on one backend."""
 
@@ -126,6 +173,16 @@ class Broker(ABC):
     @abstractmethod
     def ack(self, receipt: str) -> None:
         """Delete the message of this delivery; a stale receipt raises `ReceiptExpiredError`."""
+
+    def ack_batch(self, receipts: Sequence[str]) -> None:
+        """Ack many deliveries; every valid receipt is acked, then stale ones raise together."""
+        stale: list[str] = []
+        for receipt in receipts:
+            try:
+                self.ack(receipt)
+            except ReceiptExpiredError:
+                stale.append(receipt)
+        raise_if_stale(stale)
 
     @abstractmethod
     def release(self, receipt: str, *, delay_s: float = 0.0) -> None:

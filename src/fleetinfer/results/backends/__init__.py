@@ -1,0 +1,1 @@
+"""Result-store backends, one module per technology: sqlite (embedded default), postgresql."""

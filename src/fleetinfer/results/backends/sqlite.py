@@ -1,0 +1,169 @@
+"""The embedded results store: one SQLite file in WAL mode, first write wins.
+
+`sqlite:///relative/results.db?table=name` (four slashes for an absolute path). Writes are
+`INSERT ... ON CONFLICT (task_id) DO NOTHING`, so concurrent writers of one task id from many
+processes leave exactly one row, the first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from fleetinfer.errors import ConfigError, StoreUnavailableError
+from fleetinfer.results.base import ResultStore, TaskResult, TaskStatus
+from fleetinfer.results.rows import (
+    DEFAULT_TABLE,
+    check_batch_size,
+    check_result,
+    check_table_name,
+    encode_value,
+    result_from_row,
+    split_options,
+)
+
+SCHEMA_SQL = resources.files(__package__).joinpath("sqlite_schema.sql").read_text("utf-8")
+BUSY_TIMEOUT_S = 30.0
+_COLUMNS = "task_id, task_name, status, value, error, attempts, worker, started_at, finished_at"
+
+
+@contextmanager
+def _translate_sqlite_errors(url: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise StoreUnavailableError(
+            f"SQLite results store {url!r} failed: {exc}; check the file is writable, then retry"
+        ) from exc
+
+
+def _path_from_url(url: str) -> Path:
+    path = urlsplit(url).path
+    if len(path) < 2 or path[1:] == ":memory:":
+        raise ConfigError(
+            f"SQLite URL {url!r} names no file: expected sqlite:///relative/results.db or "
+            "sqlite:////absolute/results.db (in-memory databases cannot be shared)"
+        )
+    return Path(path[1:])
+
+
+class SqliteResultStore(ResultStore):
+    """Results in one table of one SQLite file."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, table: str = DEFAULT_TABLE, url: str | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.url = url or f"sqlite:///{self.path}?table={table}"
+        self.table = check_table_name(self.url, table)
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        self._connection()
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteResultStore:
+        """Open `sqlite:///results.db?table=name`."""
+        options, rest = split_options(url, urlsplit(url).query, ("table",))
+        if rest:
+            raise ConfigError(
+                f"results store {url!r} has unknown options {rest!r}: the accepted option is table"
+            )
+        return cls(_path_from_url(url), table=options.get("table", DEFAULT_TABLE), url=url)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            self._conn = self._connect()
+            self._pid = os.getpid()
+        return self._conn
+
+    def _connect(self) -> sqlite3.Connection:
+        with _translate_sqlite_errors(self.url):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(
+                SCHEMA_SQL.format(table=f'"{self.table}"', index=f'"{self.table}_by_status"')
+            )
+        return conn
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, _translate_sqlite_errors(self.url):
+            yield self._connection()
+
+    def put(self, result: TaskResult) -> bool:
+        status = check_result(result)
+        row = (
+            result.task_id,
+            result.task_name,
+            status.value,
+            encode_value(result),
+            result.error,
+            result.attempts,
+            result.worker,
+            result.started_at,
+            result.finished_at,
+            time.time(),
+        )
+        with self._db() as conn:
+            cur = conn.execute(
+                f'INSERT INTO "{self.table}" ({_COLUMNS}, stored_at) '
+                "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (task_id) DO NOTHING",
+                row,
+            )
+        return cur.rowcount == 1
+
+    def get(self, task_id: str) -> TaskResult | None:
+        with self._db() as conn:
+            row = conn.execute(
+                f'SELECT {_COLUMNS} FROM "{self.table}" WHERE task_id = ?', (task_id,)
+            ).fetchone()
+        return None if row is None else result_from_row(row, json.loads(row[3]))
+
+    def count(self, status: TaskStatus | None = None) -> int:
+        with self._db() as conn:
+            if status is None:
+                row = conn.execute(f'SELECT COUNT(*) FROM "{self.table}"').fetchone()
+            else:
+                row = conn.execute(
+                    f'SELECT COUNT(*) FROM "{self.table}" WHERE status = ?',
+                    (TaskStatus(status).value,),
+                ).fetchone()
+        return int(row[0])
+
+    def iter_results(self, *, batch_size: int = 1000) -> Iterator[TaskResult]:
+        check_batch_size(batch_size)
+        after = ""
+        while True:
+            with self._db() as conn:
+                rows = conn.execute(
+                    f'SELECT {_COLUMNS} FROM "{self.table}" WHERE task_id > ? '
+                    "ORDER BY task_id LIMIT ?",
+                    (after, batch_size),
+                ).fetchall()
+            yield from (result_from_row(row, json.loads(row[3])) for row in rows)
+            if len(rows) < batch_size:
+                return
+            after = rows[-1][0]
+
+    def clear(self) -> None:
+        with self._db() as conn:
+            conn.execute(f'DELETE FROM "{self.table}"')
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
