@@ -53,10 +53,19 @@ def _open_redis(url: str, visibility_timeout_s: float | None, max_receives: int 
     )
 
 
+def _open_sqs(url: str, visibility_timeout_s: float | None, max_receives: int | None) -> Broker:
+    from fleetinfer.queue.backends.sqs import SqsBroker
+
+    return SqsBroker.from_url(
+        url, visibility_timeout_s=visibility_timeout_s, max_receives=max_receives
+    )
+
+
 _OPENERS: dict[str, _Opener] = {
     "sqlite": _open_sqlite,
     "redis": _open_redis,
     "rediss": _open_redis,
+    "sqs": _open_sqs,
 }
 
 
