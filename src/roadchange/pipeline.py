@@ -1,0 +1,273 @@
+"""The segment pipeline: one road segment in, one change decision out (numpy + onnxruntime only).
+
+`check_segment` loads a segment file (or takes a `Segment`), slides overlapping road-aligned windows
+along the road (`roadchange.raster.window_stations`, 400 m give at least 24 windows), calls the model
+on all windows in a few batched calls, and aggregates the window outputs into a `SegmentDecision`:
+
+- the segment score is the mean of the `top_k` highest window `changed_logit`s (one window can be a
+  fluke; a real change is seen by the overlapping windows around it), and the segment is changed
+  when the score is above `threshold_logit` (the shipped model is calibrated so that 0 is the
+  threshold: its changed bias was shifted by the threshold chosen on validation seeds);
+- the flagged windows (logit above `window_threshold_logit`, at least the best one) give the
+  stations and spans of the change, the change types (type probabilities weighted by the window's
+  change probability) and the remap decision (mean remap logit over flagged windows).
+
+The pipeline never reads `segment.label`: only `roadchange.evaluate` does.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from roadchange.errors import RoadchangeError
+from roadchange.raster import rasterize_windows, window_stations
+from roadchange.segfile import read_segment
+from roadchange.world import CHANGE_TYPES, Segment
+
+INPUT_NAME = "raster"
+CHANGED_OUTPUT, REMAP_OUTPUT, TYPE_OUTPUT = "changed_logit", "remap_logit", "type_logits"
+DEFAULT_MAX_BATCH = 64
+
+Array = np.ndarray[Any, Any]
+
+
+class ModelLoadError(RoadchangeError):
+    """A model file is missing or not a loadable ONNX model."""
+
+
+class ModelOutputError(RoadchangeError):
+    """The model answered without the outputs CDNet defines (wrong model or wrong version)."""
+
+
+class ModelLike(Protocol):
+    """Anything that runs CDNet: `OnnxModel` here, or a fleetinfer `ctx.model("cdnet")` handle."""
+
+    def infer(self, inputs: Mapping[str, Array]) -> Mapping[str, Array]: ...
+
+
+class OnnxModel:
+    """A plain onnxruntime session; `threads=0` lets onnxruntime pick the intra-op thread count."""
+
+    def __init__(self, path: Path | str, *, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file {self.path} does not exist: pass a model.onnx path")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(
+                str(self.path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelLoadError(f"{self.path} is not a loadable ONNX model: {exc}") from exc
+
+    def infer(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        names = [o.name for o in self._session.get_outputs()]
+        values = self._session.run(names, dict(inputs))
+        return dict(zip(names, values, strict=True))
+
+
+def shipped_model_repository() -> Path:
+    """The model repository shipped inside the package (`roadchange/models`)."""
+    return Path(str(importlib.resources.files("roadchange") / "models"))
+
+
+def shipped_model_path(name: str = "cdnet") -> Path:
+    """`model.onnx` of the newest shipped version of `name` (`cdnet` or `cdnet-l`)."""
+    folder = shipped_model_repository() / name
+    versions = sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit())
+    if not versions:
+        raise ModelLoadError(
+            f"no shipped model {name!r} under {folder}: expected {name}/1/model.onnx"
+        )
+    return folder / str(versions[-1]) / "model.onnx"
+
+
+@dataclass(frozen=True, slots=True)
+class AggregationRule:
+    """How window outputs become a segment decision (see the module docstring)."""
+
+    top_k: int = 2
+    threshold_logit: float = 0.0
+    window_threshold_logit: float = 0.0
+    remap_threshold_logit: float = 0.0
+    secondary_type_share: float = 0.5
+
+
+DEFAULT_RULE = AggregationRule()
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOutputs:
+    """The model's answer for the windows of one segment, validated."""
+
+    changed_logit: Array  # (N,) float32
+    remap_logit: Array  # (N,) float32
+    type_logits: Array  # (N, len(CHANGE_TYPES)) float32
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentDecision:
+    """What the pipeline says about one segment. `to_json()` gives a JSON-safe dict."""
+
+    segment_id: str
+    changed: bool
+    remap: bool
+    change_types: tuple[str, ...]
+    change_stations_m: tuple[float, ...]
+    change_spans_m: tuple[tuple[float, float], ...]
+    confidence: float
+    score_logit: float
+    windows: int
+    model_calls: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "segment_id": self.segment_id,
+            "changed": self.changed,
+            "remap": self.remap,
+            "change_types": list(self.change_types),
+            "change_stations_m": [round(s, 3) for s in self.change_stations_m],
+            "change_spans_m": [[round(a, 3), round(b, 3)] for a, b in self.change_spans_m],
+            "confidence": round(self.confidence, 6),
+            "score_logit": round(self.score_logit, 6),
+            "windows": self.windows,
+            "model_calls": self.model_calls,
+        }
+
+
+def segment_score(changed_logit: Array, top_k: int) -> float:
+    """Mean of the `top_k` largest window logits (all of them when there are fewer)."""
+    if changed_logit.size == 0:
+        raise ValueError("a segment needs at least one window")
+    k = max(1, min(top_k, changed_logit.size))
+    return float(np.sort(changed_logit)[-k:].mean())
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def _softmax(logits: Array) -> Array:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs: Array = shifted / shifted.sum(axis=-1, keepdims=True)
+    return probs
+
+
+def _flagged_windows(outputs: WindowOutputs, rule: AggregationRule) -> Array:
+    flagged = np.flatnonzero(outputs.changed_logit > rule.window_threshold_logit)
+    return flagged if flagged.size else np.array([int(np.argmax(outputs.changed_logit))])
+
+
+def _change_types(outputs: WindowOutputs, flagged: Array, rule: AggregationRule) -> tuple[str, ...]:
+    weights = 1.0 / (1.0 + np.exp(-outputs.changed_logit[flagged].astype(np.float64)))
+    probs = _softmax(outputs.type_logits[flagged].astype(np.float64))[:, 1:]
+    mass = (weights[:, None] * probs).sum(axis=0)
+    order = np.argsort(-mass, kind="stable")
+    keep = [i for i in order if mass[i] >= rule.secondary_type_share * mass[order[0]]]
+    return tuple(CHANGE_TYPES[i + 1] for i in keep)
+
+
+def _spans(stations_m: Array, flagged: Array, length_m: float) -> tuple[tuple[float, float], ...]:
+    half_m = float(np.median(np.diff(stations_m))) / 2 if stations_m.size > 1 else length_m / 2
+    spans: list[list[float]] = []
+    for station in (float(s) for s in stations_m[flagged]):
+        start, end = max(0.0, station - half_m), min(length_m, station + half_m)
+        if spans and start <= spans[-1][1] + 1e-6:
+            spans[-1][1] = end
+        else:
+            spans.append([start, end])
+    return tuple((a, b) for a, b in spans)
+
+
+def aggregate_windows(
+    segment_id: str,
+    stations_m: Array,
+    length_m: float,
+    outputs: WindowOutputs,
+    *,
+    rule: AggregationRule = DEFAULT_RULE,
+    model_calls: int = 0,
+) -> SegmentDecision:
+    """Window outputs of one segment -> its decision (pure numpy, the rule is the docstring's)."""
+    score = segment_score(outputs.changed_logit, rule.top_k)
+    margin = score - rule.threshold_logit
+    changed = margin > 0
+    flagged = _flagged_windows(outputs, rule)
+    remap_logit = float(outputs.remap_logit[flagged].mean())
+    return SegmentDecision(
+        segment_id=segment_id,
+        changed=changed,
+        remap=changed and remap_logit > rule.remap_threshold_logit,
+        change_types=_change_types(outputs, flagged, rule) if changed else (),
+        change_stations_m=tuple(float(s) for s in stations_m[flagged]) if changed else (),
+        change_spans_m=_spans(stations_m, flagged, length_m) if changed else (),
+        confidence=_sigmoid(margin) if changed else 1.0 - _sigmoid(margin),
+        score_logit=score,
+        windows=int(stations_m.size),
+        model_calls=model_calls,
+    )
+
+
+def _output(result: Mapping[str, Array], name: str, shape: tuple[int, ...]) -> Array:
+    if name not in result:
+        raise ModelOutputError(
+            f"the model returned {sorted(result)}, expected an output named {name!r}: "
+            "use a CDNet model (roadchange.pipeline.shipped_model_path())"
+        )
+    value = np.asarray(result[name], dtype=np.float32)
+    if value.shape != shape:
+        raise ModelOutputError(f"model output {name!r} has shape {value.shape}, expected {shape}")
+    return value
+
+
+def run_windows(
+    model: ModelLike, rasters: Array, *, max_batch: int = DEFAULT_MAX_BATCH
+) -> tuple[WindowOutputs, int]:
+    """Run the model on `(N, C, H, W)` windows in batches of at most `max_batch`; return the
+    validated outputs and the number of model calls."""
+    parts: dict[str, list[Array]] = {CHANGED_OUTPUT: [], REMAP_OUTPUT: [], TYPE_OUTPUT: []}
+    calls = 0
+    for start in range(0, rasters.shape[0], max_batch):
+        batch = np.ascontiguousarray(rasters[start : start + max_batch], dtype=np.float32)
+        result = model.infer({INPUT_NAME: batch})
+        calls += 1
+        n = batch.shape[0]
+        parts[CHANGED_OUTPUT].append(_output(result, CHANGED_OUTPUT, (n,)))
+        parts[REMAP_OUTPUT].append(_output(result, REMAP_OUTPUT, (n,)))
+        parts[TYPE_OUTPUT].append(_output(result, TYPE_OUTPUT, (n, len(CHANGE_TYPES))))
+    outputs = WindowOutputs(
+        *(np.concatenate(parts[k]) for k in (CHANGED_OUTPUT, REMAP_OUTPUT, TYPE_OUTPUT))
+    )
+    return outputs, calls
+
+
+def load_segment(source: Path | str | Segment) -> Segment:
+    """A `Segment` as is, or read from its file (`SegmentFileError` names a bad file)."""
+    return source if isinstance(source, Segment) else read_segment(Path(source))
+
+
+def check_segment(
+    source: Path | str | Segment,
+    model: ModelLike,
+    *,
+    rule: AggregationRule = DEFAULT_RULE,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> SegmentDecision:
+    """Decide whether one segment's map is still right, from its drives (see the module doc)."""
+    segment = load_segment(source)
+    stations = window_stations(segment.length_m)
+    outputs, calls = run_windows(model, rasterize_windows(segment, stations), max_batch=max_batch)
+    return aggregate_windows(
+        segment.segment_id, stations, segment.length_m, outputs, rule=rule, model_calls=calls
+    )
