@@ -1,0 +1,255 @@
+"""Segment files: one `.npz` per segment, format `roadchange-segment` version 1.
+
+The format is documented in `docs/segment-format.md`: a NumPy `.npz` archive (zip of `.npy`
+members, written with `np.savez_compressed`, read with `allow_pickle=False`) whose `header` member
+is UTF-8 JSON (format, version, ids, label, drive metadata) and whose other members are plain
+numeric arrays with fixed names, dtypes and ranks. Anything unexpected — a truncated archive, a
+bad CRC, a missing member, a wrong dtype, inconsistent polyline indices, another format version —
+raises `SegmentFileError` naming the file. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from roadchange.drives import LINE_CLASSES, Drive, MarkedRoad, Polylines
+from roadchange.errors import SegmentFileError
+from roadchange.world import CHANGE_TYPES, Label, RoadMap, Segment
+
+FORMAT_NAME = "roadchange-segment"
+FORMAT_VERSION = 1
+SUFFIX = ".npz"
+
+_Arrays = dict[str, npt.NDArray[Any]]
+# name -> (dtype, rank); drive members are "drive.<i>.<name>".
+_MAP_MEMBERS = {
+    "centreline_m": ("float32", 2),
+    "points_m": ("float32", 2),
+    "indptr": ("int64", 1),
+    "classes": ("int8", 1),
+}
+_ROAD_MEMBERS = {
+    "stations_m": ("float64", 1),
+    "reference_m": ("float64", 2),
+    "offsets_m": ("float64", 2),
+    "kinds": ("int8", 2),
+    "painted": ("bool", 2),
+    "lane_centres_m": ("float64", 2),
+    "lane_counts": ("int8", 1),
+}
+_XY_MEMBERS = ("points_m", "centreline_m", "trajectory_m", "reference_m")
+_DRIVE_MEMBERS = {
+    "trajectory_m": ("float32", 2),
+    "seen": ("bool", 1),
+    "points_m": ("float32", 2),
+    "indptr": ("int64", 1),
+    "classes": ("int8", 1),
+}
+
+
+def write_segment(path: Path, segment: Segment) -> None:
+    """Write `segment` to `path` atomically (a temporary file renamed into place)."""
+    arrays: _Arrays = {"header": np.frombuffer(_header_json(segment), np.uint8)}
+    arrays |= _map_arrays("current_map", segment.current_map)
+    arrays |= _map_arrays("true_map", segment.true_map)
+    arrays |= {f"true_road.{name}": getattr(segment.true_road, name) for name in _ROAD_MEMBERS}
+    for i, drive in enumerate(segment.drives):
+        arrays |= _drive_arrays(i, drive)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+    os.replace(tmp, path)
+
+
+def read_segment(path: Path) -> Segment:
+    """Read a segment file; any problem raises `SegmentFileError` naming `path`."""
+    path = Path(path)
+    arrays = _load_members(path)
+    try:
+        return _decode(arrays)
+    except (KeyError, TypeError, ValueError) as e:
+        raise SegmentFileError(path, f"its content is inconsistent ({e})") from e
+
+
+def _header_json(segment: Segment) -> bytes:
+    label = segment.label
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "segment_id": segment.segment_id,
+        "preset": segment.preset,
+        "seed": segment.seed,
+        "index": segment.index,
+        "length_m": segment.length_m,
+        "line_classes": list(LINE_CLASSES),
+        "label": {
+            "changed": label.changed,
+            "remap": label.remap,
+            "change_type": label.change_type,
+            "change_span_m": list(label.change_span_m) if label.change_span_m else None,
+        },
+        "drives": [
+            {"drive_id": d.drive_id, "fov_half_width_m": d.fov_half_width_m} for d in segment.drives
+        ],
+    }
+    return json.dumps(header, sort_keys=True).encode()
+
+
+def _map_arrays(prefix: str, road_map: RoadMap) -> _Arrays:
+    lines = road_map.lines
+    return {
+        f"{prefix}.centreline_m": road_map.centreline_m,
+        f"{prefix}.points_m": lines.points_m,
+        f"{prefix}.indptr": lines.indptr,
+        f"{prefix}.classes": lines.classes,
+    }
+
+
+def _drive_arrays(i: int, drive: Drive) -> _Arrays:
+    return {
+        f"drive.{i}.trajectory_m": drive.trajectory_m,
+        f"drive.{i}.seen": drive.seen,
+        f"drive.{i}.points_m": drive.strokes.points_m,
+        f"drive.{i}.indptr": drive.strokes.indptr,
+        f"drive.{i}.classes": drive.strokes.classes,
+    }
+
+
+def _load_members(path: Path) -> _Arrays:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SegmentFileError(path, f"it cannot be opened ({e.strerror or e})") from e
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
+        raise SegmentFileError(
+            path, f"it is not a complete {FORMAT_NAME} archive (truncated or corrupted: {e})"
+        ) from e
+
+
+def _decode(arrays: _Arrays) -> Segment:
+    header = _decode_header(arrays)
+    _check_members(arrays, len(header["drives"]))
+    label = header["label"]
+    span = label["change_span_m"]
+    return Segment(
+        segment_id=str(header["segment_id"]),
+        preset=str(header["preset"]),
+        seed=int(header["seed"]),
+        index=int(header["index"]),
+        length_m=float(header["length_m"]),
+        current_map=_decode_map(arrays, "current_map"),
+        drives=tuple(_decode_drive(arrays, i, d) for i, d in enumerate(header["drives"])),
+        label=Label(
+            changed=bool(label["changed"]),
+            remap=bool(label["remap"]),
+            change_type=_change_type(label["change_type"]),
+            change_span_m=None if span is None else (float(span[0]), float(span[1])),
+        ),
+        true_road=_decode_road(arrays),
+        true_map=_decode_map(arrays, "true_map"),
+    )
+
+
+def _decode_header(arrays: _Arrays) -> dict[str, Any]:
+    raw = arrays.get("header")
+    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ValueError("the 'header' member is missing or not a uint8 byte string")
+    try:
+        header = json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"the header is not UTF-8 JSON: {e}") from e
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        raise ValueError(f"the header does not declare format {FORMAT_NAME!r}")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"format version {header.get('format_version')!r}, this reader reads "
+            f"version {FORMAT_VERSION} only"
+        )
+    if not isinstance(header.get("drives"), list) or not isinstance(header.get("label"), dict):
+        raise ValueError("the header lacks its 'drives' list or 'label' object")
+    return header
+
+
+def _change_type(value: object) -> str:
+    if value not in CHANGE_TYPES:
+        raise ValueError(f"change_type {value!r} is not one of {CHANGE_TYPES}")
+    return str(value)
+
+
+def _check_members(arrays: Mapping[str, npt.NDArray[Any]], n_drives: int) -> None:
+    expected: dict[str, tuple[str, int]] = {}
+    for prefix in ("current_map", "true_map"):
+        expected |= {f"{prefix}.{n}": spec for n, spec in _MAP_MEMBERS.items()}
+    expected |= {f"true_road.{n}": spec for n, spec in _ROAD_MEMBERS.items()}
+    for i in range(n_drives):
+        expected |= {f"drive.{i}.{n}": spec for n, spec in _DRIVE_MEMBERS.items()}
+    for name, (dtype, rank) in expected.items():
+        if name not in arrays:
+            raise ValueError(f"member {name!r} is missing")
+        array = arrays[name]
+        if array.dtype != np.dtype(dtype) or array.ndim != rank:
+            raise ValueError(
+                f"member {name!r} is {array.dtype}[{array.ndim}d], expected {dtype}[{rank}d]"
+            )
+        if name.endswith(_XY_MEMBERS) and array.shape[1] != 2:
+            raise ValueError(f"member {name!r} has shape {array.shape}, expected (N, 2)")
+
+
+def _polylines(arrays: _Arrays, prefix: str) -> Polylines:
+    points, indptr, classes = (arrays[f"{prefix}.{n}"] for n in ("points_m", "indptr", "classes"))
+    ok = (
+        indptr.shape[0] == classes.shape[0] + 1
+        and indptr[0] == 0
+        and indptr[-1] == points.shape[0]
+        and bool((np.diff(indptr) >= 0).all())
+        and bool(((classes >= 0) & (classes < len(LINE_CLASSES))).all())
+    )
+    if not ok:
+        raise ValueError(f"polylines {prefix!r} have inconsistent indptr/classes")
+    return Polylines(points, indptr, classes)
+
+
+def _decode_road(arrays: _Arrays) -> MarkedRoad:
+    road = MarkedRoad(**{n: arrays[f"true_road.{n}"] for n in _ROAD_MEMBERS})
+    n_stations = road.stations_m.shape[0]
+    shapes_ok = (
+        n_stations >= 2
+        and road.reference_m.shape[0] == n_stations
+        and road.lane_counts.shape[0] == n_stations
+        and road.offsets_m.shape == road.kinds.shape == road.painted.shape
+        and road.offsets_m.shape[1] == road.lane_centres_m.shape[1] == n_stations
+    )
+    if not shapes_ok:
+        raise ValueError("true_road arrays disagree on the number of stations or lines")
+    return road
+
+
+def _decode_map(arrays: _Arrays, prefix: str) -> RoadMap:
+    return RoadMap(arrays[f"{prefix}.centreline_m"], _polylines(arrays, prefix))
+
+
+def _decode_drive(arrays: _Arrays, i: int, meta: Mapping[str, Any]) -> Drive:
+    trajectory, seen = arrays[f"drive.{i}.trajectory_m"], arrays[f"drive.{i}.seen"]
+    if trajectory.shape[0] != seen.shape[0]:
+        raise ValueError(f"drive {i}: trajectory and seen differ in length")
+    return Drive(
+        drive_id=int(meta["drive_id"]),
+        fov_half_width_m=float(meta["fov_half_width_m"]),
+        trajectory_m=trajectory,
+        seen=seen,
+        strokes=_polylines(arrays, f"drive.{i}"),
+    )
