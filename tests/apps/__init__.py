@@ -1,0 +1,1 @@
+"""Tiny task apps that the runtime tests run in real worker processes."""
