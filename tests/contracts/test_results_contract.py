@@ -1,0 +1,147 @@
+"""The results-store contract, run against every backend: sqlite and postgresql (real server).
+
+One row per task id, the first write wins (tasks run at least once, so a task may finish twice);
+counts by status; iteration in task-id order; many processes writing the same ids leave one row
+each.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetinfer.errors import ConfigError, InputError
+from fleetinfer.results import ResultStore, TaskResult, TaskStatus, open_store
+
+BACKENDS = ("postgresql", "sqlite")
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path, unique_name: str) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/results.db?table={unique_name}"
+        return
+    postgres_url: str = request.getfixturevalue("postgres_url")
+    yield f"{postgres_url}?table={unique_name}"
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE IF EXISTS "{unique_name}"')
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[ResultStore]:
+    with open_store(store_url) as opened:
+        yield opened
+
+
+def result(task_id: str, status: TaskStatus = TaskStatus.SUCCEEDED, **fields: Any) -> TaskResult:
+    return TaskResult(task_id=task_id, task_name="detect_change", status=status, **fields)
+
+
+def test_first_write_wins_and_the_second_reports_it_changed_nothing(store: ResultStore) -> None:
+    first = result("seg-1", value={"changed": True}, worker="node-a/3", attempts=1)
+    assert store.put(first) is True
+    assert store.put(result("seg-1", TaskStatus.DEAD, error="late duplicate")) is False
+    assert store.get("seg-1") == first
+    assert store.count() == 1
+
+
+def test_every_field_round_trips(store: ResultStore) -> None:
+    stored = result(
+        "seg-ü",
+        TaskStatus.REJECTED,
+        value={"score": 0.125, "labels": ["lane", "sign"], "nested": {"none": None}, "s": "é"},
+        error="Reject: no drives",
+        attempts=3,
+        worker="host/17",
+        started_at=1700000000.25,
+        finished_at=1700000002.75,
+    )
+    store.put(stored)
+    got = store.get("seg-ü")
+    assert got == stored
+    assert got is not None
+    assert got.duration_s == 2.5
+
+
+def test_get_of_an_unknown_task_is_none(store: ResultStore) -> None:
+    assert store.get("never-ran") is None
+
+
+def test_count_by_status(store: ResultStore) -> None:
+    statuses = [TaskStatus.SUCCEEDED] * 3 + [TaskStatus.REJECTED] * 2 + [TaskStatus.DEAD]
+    for n, status in enumerate(statuses):
+        store.put(result(f"t{n}", status))
+    assert store.count() == 6
+    assert store.count(TaskStatus.SUCCEEDED) == 3
+    assert store.count(TaskStatus.REJECTED) == 2
+    assert store.count(TaskStatus.DEAD) == 1
+
+
+def test_iteration_yields_every_result_in_task_id_order_across_pages(
+    store: ResultStore,
+) -> None:
+    ids = ["b", "a", "e", "c", "d", "B", "a1"]
+    for task_id in ids:
+        store.put(result(task_id, value=task_id))
+    got = list(store.iter_results(batch_size=2))
+    assert [r.task_id for r in got] == sorted(ids)
+    assert [r.value for r in got] == sorted(ids)
+    with pytest.raises(InputError):
+        list(store.iter_results(batch_size=0))
+
+
+def test_clear_deletes_every_result(store: ResultStore) -> None:
+    store.put(result("x"))
+    store.clear()
+    assert (store.count(), store.get("x")) == (0, None)
+    assert store.put(result("x")) is True
+
+
+def test_values_json_cannot_hold_and_empty_ids_are_refused(store: ResultStore) -> None:
+    with pytest.raises(InputError, match="not JSON-serializable"):
+        store.put(result("x", value={1, 2}))
+    with pytest.raises(InputError, match="not JSON-serializable"):
+        store.put(result("x", value=float("inf")))
+    with pytest.raises(InputError, match="task_id"):
+        store.put(result(""))
+    with pytest.raises(InputError, match="status"):
+        store.put(TaskResult(task_id="x", task_name="t", status="finished"))  # type: ignore[arg-type]
+    assert store.count() == 0
+
+
+def test_unknown_option_or_bad_table_name_is_a_config_error(store_url: str) -> None:
+    base = store_url.split("?")[0]
+    with pytest.raises(ConfigError, match="table"):
+        open_store(f"{base}?table=bad-name;drop")
+
+
+def _write_all(url: str, worker: str, ids: list[str], start: Any) -> int:
+    start.wait(30)
+    with open_store(url) as store:
+        return sum(store.put(result(task_id, worker=worker, value=worker)) for task_id in ids)
+
+
+def test_concurrent_writers_of_the_same_ids_from_several_processes_leave_one_row_each(
+    store: ResultStore, store_url: str
+) -> None:
+    ids = [f"seg-{n:03d}" for n in range(60)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        start = manager.Event()
+        with ctx.Pool(4) as pool:
+            pending = [
+                pool.apply_async(_write_all, (store_url, f"w{i}", ids, start)) for i in range(4)
+            ]
+            start.set()
+            created = [p.get(120) for p in pending]
+    assert sum(created) == len(ids)
+    assert store.count() == len(ids)
+    rows = list(store.iter_results())
+    assert [r.task_id for r in rows] == ids
+    assert all(r.value == r.worker for r in rows)  # each row is one writer's whole result
