@@ -1,0 +1,1 @@
+"""Benchmarks: the same task set through each serving mode, measured side by side."""

@@ -1,0 +1,111 @@
+"""Serve one model of a fleetinfer model repository through Triton, started by PyTriton.
+
+This is the `triton` comparison point of the benchmarks: the same ONNX file, run by ONNX Runtime
+with the same thread budget, behind a real tritonserver (HTTP and gRPC, dynamic batching).
+
+It runs under the PyTriton venv (`scripts/triton-venv.sh`, Debian's /usr/bin/python3.11), so it is a
+self-contained script: standard library, numpy, onnxruntime and pytriton only, no fleetinfer import.
+
+    .venv-triton/bin/python src/fleetinfer/bench/triton_server.py --models REPO --model cdnet \
+        --threads 2 --http-port 8000 --grpc-port 8001
+
+It prints one JSON line `{"ready": true, "http_port": …, "grpc_port": …}` once the model is served,
+then serves until SIGTERM / SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+
+
+def _latest_version(folder: Path) -> Path:
+    versions = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+    if not versions:
+        raise SystemExit(f"triton_server: no version folder under {folder}")
+    return folder / str(versions[-1]) / "model.onnx"
+
+
+def _session(path: Path, threads: int) -> Any:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _tensors(specs: list[dict[str, Any]]) -> list[Any]:
+    from pytriton.model_config import Tensor
+
+    # Triton's shapes exclude the batch dimension when batching is on.
+    return [
+        Tensor(name=s["name"], dtype=DTYPES[s["dtype"]], shape=tuple(s["shape"][1:]) or (1,))
+        for s in specs
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--max-queue-delay-us", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from pytriton.decorators import batch
+    from pytriton.model_config import DynamicBatcher, ModelConfig
+    from pytriton.triton import Triton, TritonConfig
+
+    config = tomllib.loads((args.models / args.model / "config.toml").read_text())
+    session = _session(_latest_version(args.models / args.model), args.threads)
+    output_names = [s["name"] for s in config["outputs"]]
+    scalar_outputs = {s["name"] for s in config["outputs"] if len(s["shape"]) == 1}
+
+    @batch  # type: ignore[untyped-decorator,unused-ignore]
+    def infer(**inputs: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        outputs = session.run(output_names, inputs)
+        return {
+            name: (out.reshape(-1, 1) if name in scalar_outputs else out)
+            for name, out in zip(output_names, outputs, strict=True)
+        }
+
+    triton_config = TritonConfig(
+        http_address="127.0.0.1",
+        grpc_address="127.0.0.1",
+        metrics_address="127.0.0.1",
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        log_verbose=0,
+    )
+    with Triton(config=triton_config) as triton:
+        triton.bind(
+            model_name=args.model,
+            infer_func=infer,
+            inputs=_tensors(config["inputs"]),
+            outputs=_tensors(config["outputs"]),
+            config=ModelConfig(
+                max_batch_size=int(config["max_batch_size"]),
+                batcher=DynamicBatcher(max_queue_delay_microseconds=args.max_queue_delay_us),
+            ),
+            strict=False,
+        )
+        print(json.dumps({"ready": True, "http_port": args.http_port, "grpc_port": args.grpc_port}))
+        sys.stdout.flush()
+        triton.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
