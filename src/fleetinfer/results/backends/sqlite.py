@@ -86,8 +86,14 @@ class SqliteResultStore(ResultStore):
         return self._conn
 
     def _connect(self) -> sqlite3.Connection:
-        with _translate_sqlite_errors(self.url):
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"SQLite results store {self.url!r}: cannot create the folder {self.path.parent} "
+                f"({exc.strerror}): point the URL at a writable path"
+            ) from exc
+        with _translate_sqlite_errors(self.url):
             conn = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
