@@ -8,6 +8,7 @@ and the process exits 0. Exit code 3 means the configuration is wrong (the agent
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import signal
 import sys
@@ -20,6 +21,7 @@ from fleetinfer.node.worker import Worker, WorkerConfig
 
 EXIT_OK = 0
 EXIT_CONFIG = 3
+PR_SET_PDEATHSIG = 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"worker: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     _install_signals(worker)
+    _die_with_parent()
     worker.run()
     return EXIT_OK
 
@@ -54,6 +57,15 @@ def _install_signals(worker: Worker) -> None:
 
     signal.signal(signal.SIGTERM, drain)
     signal.signal(signal.SIGINT, drain)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when its agent dies, so an orphan drains instead of running on."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the agent's own SIGTERM still reaches us
+        pass
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The `fleetinfer` command line: thin commands that parse, build a config and call the library."""

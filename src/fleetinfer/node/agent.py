@@ -1,0 +1,295 @@
+"""The node agent: `run_node(NodeConfig(...))` runs one machine's workers until it drains.
+
+    start   check the target and the URLs, serve /metrics and /healthz, watch for spot notices
+    size    start one worker, measure its warm PSS, N = min(by cores, by memory) (or --workers)
+    watch   restart crashed workers; with exit_when_empty, drain once the queue has nothing left
+    drain   on SIGTERM / SIGINT / spot notice / empty queue: workers stop receiving, in-flight
+            tasks get `grace_s` to finish, the rest are released (visible again at once)
+
+The agent holds no message itself; it opens the broker only to read queue depths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleetinfer.errors import ConfigError, TransientError
+from fleetinfer.node.health import HealthServer
+from fleetinfer.node.metrics import NodeMetrics
+from fleetinfer.node.preemption import DrainSignal, SpotWatcher, install_drain_handlers
+from fleetinfer.node.sizing import (
+    DEFAULT_RESERVE_BYTES,
+    WorkerPlan,
+    measure_host,
+    plan_workers,
+    pss_bytes,
+)
+from fleetinfer.node.supervisor import RestartPolicy, Supervisor
+from fleetinfer.node.worker import WorkerConfig
+from fleetinfer.queue import open_broker
+from fleetinfer.queue.base import MAX_MESSAGE_BYTES, Broker
+from fleetinfer.results import open_store
+from fleetinfer.task import resolve_target
+
+log = logging.getLogger("fleetinfer.node")
+
+DEFAULT_QUEUE_URL = "sqlite:///.fleetinfer/queue.db"
+DEFAULT_RESULTS_URL = "sqlite:///.fleetinfer/results.db"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """Everything `run_node` needs; the CLI builds one from its options."""
+
+    target: str
+    queue_url: str = DEFAULT_QUEUE_URL
+    results_url: str = DEFAULT_RESULTS_URL
+    models: Path | None = None
+    client_mode: str = "inprocess"
+    workers: int | None = None
+    grace_s: float = 100.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = 0
+    spot_endpoint: str | None = None
+    spot_interval_s: float = 5.0
+    exit_when_empty: bool = False
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    receive_wait_s: float = 1.0
+    task_backoff_base_s: float = 1.0
+    task_backoff_max_s: float = 300.0
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    cores_per_worker: float = 1.0
+    memory_reserve_bytes: int = DEFAULT_RESERVE_BYTES
+    warmup_s: float = 10.0
+    poll_interval_s: float = 0.2
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.grace_s >= 0:
+            raise ConfigError(f"grace_s must be >= 0 seconds, got {self.grace_s!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers!r}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(
+                f"metrics port must be 0..65535 (0 = any free port), got {self.metrics_port}"
+            )
+        if self.max_message_bytes < 1:
+            raise ConfigError(f"max_message_bytes must be >= 1, got {self.max_message_bytes}")
+
+    def worker_config(self) -> WorkerConfig:
+        """What each worker process gets; it gives up held work a little before the agent kills it."""
+        return WorkerConfig(
+            target=self.target,
+            queue_url=self.queue_url,
+            results_url=self.results_url,
+            models=None if self.models is None else str(self.models),
+            client_mode=self.client_mode,
+            wait_s=self.receive_wait_s,
+            max_message_bytes=self.max_message_bytes,
+            grace_s=max(0.0, self.grace_s - min(1.0, self.grace_s * 0.2)),
+            backoff_base_s=self.task_backoff_base_s,
+            backoff_max_s=self.task_backoff_max_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStarted:
+    """Told to `on_ready` once the workers run: where to scrape, how many, why that many."""
+
+    pid: int
+    metrics_url: str | None
+    plan: WorkerPlan
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReport:
+    """How a node run ended."""
+
+    reason: str
+    plan: WorkerPlan
+    outcomes: dict[str, int]
+    restarts: int
+    duration_s: float
+    drain_s: float
+
+
+def run_node(
+    config: NodeConfig,
+    *,
+    on_ready: Callable[[NodeStarted], None] | None = None,
+    handle_signals: bool = True,
+) -> NodeReport:
+    """Run the node until it drains; SIGTERM / SIGINT drain it when `handle_signals` is True."""
+    agent = NodeAgent(config)
+    restore = _maybe_install_handlers(agent.drain, handle_signals)
+    try:
+        return agent.run(on_ready)
+    finally:
+        restore()
+
+
+def _maybe_install_handlers(drain: DrainSignal, wanted: bool) -> Callable[[], None]:
+    if wanted and threading.current_thread() is threading.main_thread():
+        return install_drain_handlers(drain)
+    return lambda: None
+
+
+class NodeAgent:
+    """One node: its workers, metrics, health endpoint and drain."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.drain = DrainSignal()
+        self.metrics = NodeMetrics()
+        self.supervisor = Supervisor(
+            config.worker_config(),
+            on_event=self._on_worker_event,
+            on_restart=lambda _slot: self.metrics.restarts.inc(),
+            policy=config.restart,
+            verbose=config.verbose,
+        )
+        self._health: HealthServer | None = None
+        self._spot: SpotWatcher | None = None
+        self._broker: Broker | None = None
+        self._empty_checks = 0
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def run(self, on_ready: Callable[[NodeStarted], None] | None = None) -> NodeReport:
+        started = time.monotonic()
+        try:
+            self._check_config()
+            self._start_services()
+            plan = self._start_workers()
+            if on_ready is not None:
+                on_ready(NodeStarted(os.getpid(), self._metrics_url(), plan))
+            self._watch()
+            drain_started = time.monotonic()
+            self._drain()
+            drain_s = time.monotonic() - drain_started
+        finally:
+            self._stop_services()
+        reason = self.drain.reason or "stopped"
+        outcomes = self.metrics.outcome_counts()
+        restarts = self.supervisor.restarts
+        return NodeReport(reason, plan, outcomes, restarts, time.monotonic() - started, drain_s)
+
+    def _check_config(self) -> None:
+        """Fail before starting anything: the target imports, the queue and store open."""
+        resolve_target(self.config.target)
+        self._broker = open_broker(self.config.queue_url)
+        open_store(self.config.results_url).close()
+
+    def _start_services(self) -> None:
+        if self.config.metrics_port is not None:
+            self._health = HealthServer(
+                host=self.config.metrics_host,
+                port=self.config.metrics_port,
+                metrics=self.metrics.exposition,
+                health=self.health,
+            ).start()
+        if self.config.spot_endpoint is not None:
+            self._spot = SpotWatcher(
+                self.drain,
+                endpoint=self.config.spot_endpoint,
+                interval_s=self.config.spot_interval_s,
+            ).start()
+
+    def _start_workers(self) -> WorkerPlan:
+        if self.config.workers is not None:
+            plan = plan_workers(
+                measure_host(), worker_pss_bytes=None, requested=self.config.workers
+            )
+        else:
+            self.supervisor.scale_to(1)
+            plan = self._measure_and_plan()
+        log.info("starting %d workers (%s)", plan.workers, plan.reason)
+        self.supervisor.scale_to(plan.workers)
+        self.metrics.workers_alive.set(plan.workers)
+        return plan
+
+    def _measure_and_plan(self) -> WorkerPlan:
+        pid = self.supervisor.first_pid(timeout_s=max(60.0, self.config.warmup_s))
+        self._wait_warm()
+        return plan_workers(
+            measure_host(),
+            worker_pss_bytes=pss_bytes(pid),
+            cores_per_worker=self.config.cores_per_worker,
+            reserve_bytes=self.config.memory_reserve_bytes,
+            running_workers=1,
+        )
+
+    def _wait_warm(self) -> None:
+        """Until the first worker finished a task (so its model is loaded), at most warmup_s."""
+        deadline = time.monotonic() + self.config.warmup_s
+        while time.monotonic() < deadline and not self.drain.is_set():
+            if sum(self.metrics.outcome_counts().values()) > 0 or self._queue_is_empty():
+                return
+            time.sleep(0.05)
+
+    def _watch(self) -> None:
+        while not self.drain.wait(self.config.poll_interval_s):
+            self.supervisor.poll()
+            self.metrics.workers_alive.set(self.supervisor.alive())
+            if self.supervisor.fatal is not None:
+                raise ConfigError(f"a worker cannot run: {self.supervisor.fatal}")
+            if self.config.exit_when_empty and self._queue_is_empty():
+                self.drain.request("the queue is empty")
+
+    def _queue_is_empty(self) -> bool:
+        """Two empty readings in a row (SQS depths are approximate)."""
+        assert self._broker is not None
+        try:
+            empty = self._broker.stats().pending == 0
+        except TransientError as exc:
+            log.warning("cannot read queue depths: %s", exc)
+            empty = False
+        self._empty_checks = self._empty_checks + 1 if empty else 0
+        return self._empty_checks >= 2
+
+    def _drain(self) -> None:
+        self.metrics.draining.set(1)
+        log.info("draining: %s; grace %.0f s", self.drain.reason, self.config.grace_s)
+        self.supervisor.stop(self.config.grace_s)
+        self.metrics.workers_alive.set(0)
+
+    def _stop_services(self) -> None:
+        if not self.drain.is_set():
+            self.drain.request("the agent failed")
+            self.supervisor.stop(self.config.grace_s)
+        if self._spot is not None:
+            self._spot.stop()
+        if self._health is not None:
+            self._health.stop()
+        if self._broker is not None:
+            self._broker.close()
+
+    # -- observers ---------------------------------------------------------------------------
+
+    def _on_worker_event(self, slot: int, event: dict[str, Any]) -> None:
+        self.metrics.record_event(event)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while not draining and at least one worker runs."""
+        pids = self.supervisor.pids()
+        draining = self.drain.is_set()
+        body = {
+            "status": "draining" if draining else ("ok" if pids else "no workers"),
+            "workers_alive": len(pids),
+            "worker_pids": pids,
+            "restarts": self.supervisor.restarts,
+            "draining": draining,
+            "drain_reason": self.drain.reason,
+            "outcomes": self.metrics.outcome_counts(),
+        }
+        return (bool(pids) and not draining), body
+
+    def _metrics_url(self) -> str | None:
+        return None if self._health is None else self._health.url

@@ -1,0 +1,227 @@
+"""Worker processes: start N, restart crashed ones with exponential backoff, stop them gracefully.
+
+Each worker is a fresh interpreter (`python -m fleetinfer.node.process`), so it inherits no open
+broker connection, socket or lock from the agent; its only inherited descriptor is the write end
+of a pipe on which it reports JSON-line events, read here by one thread per worker.
+
+A worker that dies while the node is not draining is started again after a delay that doubles
+with each quick death (base, 2×base … max), and resets once a worker has lived `stable_s`. A
+worker that exits with the configuration exit code is not restarted: the node stops with its error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleetinfer.errors import ConfigError
+from fleetinfer.node.events import read_events
+from fleetinfer.node.process import EXIT_CONFIG
+from fleetinfer.node.worker import WorkerConfig
+
+log = logging.getLogger("fleetinfer.node")
+
+EventHandler = Callable[[int, dict[str, Any]], None]
+"""Called with (worker slot, event) from the slot's reader thread."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """Delay before restarting a crashed worker: base × 2^(quick deaths - 1), capped."""
+
+    base_s: float = 0.5
+    max_s: float = 30.0
+    stable_s: float = 30.0
+
+    def delay_s(self, failures: int) -> float:
+        return float(min(self.max_s, self.base_s * 2.0 ** min(max(failures - 1, 0), 30)))
+
+
+@dataclass(slots=True)
+class _Slot:
+    """Bookkeeping for one worker position (its process changes across restarts)."""
+
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+    reader: threading.Thread | None = None
+
+
+class Supervisor:
+    """Owns the worker processes of one node."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        on_event: EventHandler | None = None,
+        on_restart: Callable[[int], None] | None = None,
+        policy: RestartPolicy | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.config = config
+        self.policy = policy or RestartPolicy()
+        self._on_event = on_event
+        self._on_restart = on_restart
+        self._verbose = verbose
+        self._slots: list[_Slot] = []
+        self._lock = threading.Lock()
+        self._stopping = False
+        self.restarts = 0
+        self.fatal: str | None = None
+
+    # -- starting ----------------------------------------------------------------------------
+
+    def scale_to(self, count: int) -> None:
+        """Start workers until there are `count` slots."""
+        with self._lock:
+            while len(self._slots) < count:
+                slot = _Slot(index=len(self._slots))
+                self._slots.append(slot)
+                self._start(slot)
+
+    def _start(self, slot: _Slot) -> None:
+        read_fd, write_fd = os.pipe()
+        try:
+            slot.process = subprocess.Popen(self._command(write_fd), pass_fds=(write_fd,))
+        finally:
+            os.close(write_fd)
+        slot.started_at = time.monotonic()
+        slot.restart_at = None
+        slot.ready.clear()
+        slot.reader = threading.Thread(
+            target=read_events,
+            args=(read_fd, lambda event: self._handle_event(slot, event)),
+            name=f"fleetinfer-events-{slot.index}",
+            daemon=True,
+        )
+        slot.reader.start()
+
+    def _command(self, events_fd: int) -> list[str]:
+        command = [sys.executable, "-m", "fleetinfer.node.process"]
+        command += ["--config", self.config.encode(), "--events-fd", str(events_fd)]
+        return [*command, "--verbose"] if self._verbose else command
+
+    def _handle_event(self, slot: _Slot, event: dict[str, Any]) -> None:
+        if event["event"] == "ready":
+            slot.ready.set()
+        elif event["event"] == "error":
+            slot.error = str(event.get("message", "unknown error"))
+        if self._on_event is not None:
+            self._on_event(slot.index, event)
+
+    # -- watching ----------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Reap dead workers and start the ones whose restart delay has passed."""
+        with self._lock:
+            now = time.monotonic()
+            for slot in self._slots:
+                self._check(slot, now)
+
+    def _check(self, slot: _Slot, now: float) -> None:
+        if slot.process is not None and slot.process.poll() is not None:
+            self._reap(slot, now)
+        if slot.restart_at is not None and now >= slot.restart_at and not self._stopping:
+            self.restarts += 1
+            self._start(slot)
+            if self._on_restart is not None:
+                self._on_restart(slot.index)
+
+    def _reap(self, slot: _Slot, now: float) -> None:
+        assert slot.process is not None
+        code = slot.process.returncode
+        pid = slot.process.pid
+        slot.process = None
+        if slot.reader is not None:
+            slot.reader.join(timeout=1.0)
+        if self._stopping:
+            return
+        if code == EXIT_CONFIG:
+            self.fatal = slot.error or f"worker {pid} exited with the configuration error code"
+            return
+        lived_s = now - slot.started_at
+        slot.failures = 1 if lived_s >= self.policy.stable_s else slot.failures + 1
+        slot.restart_at = now + self.policy.delay_s(slot.failures)
+        log.warning(
+            "worker %d (pid %d) exited with %s after %.1f s; restarting in %.2f s",
+            slot.index, pid, _exit_text(code), lived_s, slot.restart_at - now,
+        )  # fmt: skip
+
+    def alive(self) -> int:
+        """Worker processes running now."""
+        return len(self.pids())
+
+    def pids(self) -> list[int]:
+        """Pids of the running workers."""
+        return [
+            s.process.pid for s in self._slots if s.process is not None and s.process.poll() is None
+        ]
+
+    def first_pid(self, timeout_s: float) -> int:
+        """Pid of worker 0 once it reported ready; ConfigError if it failed to start."""
+        deadline = time.monotonic() + timeout_s
+        slot = self._slots[0]
+        while not slot.ready.wait(0.05):
+            self.poll()
+            if self.fatal is not None:
+                raise ConfigError(f"the first worker could not start: {self.fatal}")
+            if time.monotonic() > deadline:
+                raise ConfigError(f"the first worker did not start within {timeout_s:g} s")
+        assert slot.process is not None
+        return slot.process.pid
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    def stop(self, grace_s: float) -> None:
+        """SIGTERM every worker, wait up to `grace_s`, SIGKILL what remains."""
+        with self._lock:
+            self._stopping = True
+            processes = [s.process for s in self._slots if s.process is not None]
+        for process in processes:
+            _signal(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for process in processes:
+            _wait_until(process, deadline)
+        for process in processes:
+            if process.poll() is None:
+                log.error("worker %d still running after %.0f s: killing it", process.pid, grace_s)
+                process.kill()
+                process.wait()
+        self._join_readers()
+
+    def _join_readers(self) -> None:
+        for slot in self._slots:
+            if slot.reader is not None:
+                slot.reader.join(timeout=2.0)
+            slot.process = None
+
+
+def _signal(process: subprocess.Popen[bytes], signum: int) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signum)
+
+
+def _wait_until(process: subprocess.Popen[bytes], deadline: float) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"code {code}"
