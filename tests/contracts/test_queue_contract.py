@@ -325,6 +325,8 @@ def test_send_takes_json_only_and_send_raw_takes_any_text(open_: OpenBroker) -> 
         broker.send({"when": object()})
     with pytest.raises(MalformedMessageError):
         broker.send(float("nan"))
+    with pytest.raises(MalformedMessageError, match="must be text"):
+        broker.send_raw(b"bytes")  # type: ignore[arg-type]
     broker.send_raw("not json <>")
     message = receive_one(broker)
     assert message.body == "not json <>"

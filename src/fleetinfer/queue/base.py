@@ -94,6 +94,11 @@ def encode_body(body: JsonValue) -> str:
 
 def check_body_size(text: str, limit_bytes: int = MAX_MESSAGE_BYTES) -> None:
     """Raise `PayloadTooLargeError` when the UTF-8 encoding of `text` is above the limit."""
+    if not isinstance(text, str):
+        raise MalformedMessageError(
+            f"a raw message body must be text (str), got {type(text).__name__}: use send() for "
+            "JSON values, or decode bytes first"
+        )
     size = len(text.encode("utf-8"))
     if size > limit_bytes:
         raise PayloadTooLargeError("message body", size, limit_bytes)
