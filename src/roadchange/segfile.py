@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -29,6 +30,8 @@ from roadchange.world import CHANGE_TYPES, Label, RoadMap, Segment
 FORMAT_NAME = "roadchange-segment"
 FORMAT_VERSION = 1
 SUFFIX = ".npz"
+MAX_MEMBER_BYTES = 256 * 2**20
+"""Largest array a reader accepts (a segment's largest array is well under 1 MiB)."""
 
 _Arrays = dict[str, npt.NDArray[Any]]
 # name -> (dtype, rank); drive members are "drive.<i>.<name>".
@@ -127,17 +130,45 @@ def _drive_arrays(i: int, drive: Drive) -> _Arrays:
 
 
 def _load_members(path: Path) -> _Arrays:
+    """Every member of the archive, each CRC-checked by zipfile before numpy parses it."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise SegmentFileError(path, f"it cannot be opened ({e.strerror or e})") from e
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return {_member_name(info): _read_member(archive, info) for info in archive.infolist()}
+    except _ARCHIVE_ERRORS as e:
         raise SegmentFileError(
             path, f"it is not a complete {FORMAT_NAME} archive (truncated or corrupted: {e})"
         ) from e
+
+
+_ARCHIVE_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    struct.error,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    NotImplementedError,  # zipfile: unknown compression or zip version (a flipped byte)
+    RuntimeError,  # zipfile: "encrypted" flag (a flipped bit)
+)
+
+
+def _member_name(info: zipfile.ZipInfo) -> str:
+    if not info.filename.endswith(".npy"):
+        raise ValueError(f"member {info.filename!r} is not a .npy array")
+    return info.filename.removesuffix(".npy")
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> npt.NDArray[Any]:
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise ValueError(f"member {info.filename!r} claims {info.file_size} bytes")
+    raw = archive.read(info)  # raises BadZipFile on a CRC mismatch
+    array: npt.NDArray[Any] = np.load(io.BytesIO(raw), allow_pickle=False)
+    return array
 
 
 def _decode(arrays: _Arrays) -> Segment:
