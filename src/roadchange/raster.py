@@ -37,7 +37,7 @@ grouped in blocks of consecutive points whose bounding boxes are tested against 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +51,7 @@ from roadchange.drives import (
     FloatArray,
     IntArray,
     Polylines,
+    left_normals,
 )
 from roadchange.errors import InvalidParameterError
 from roadchange.world import CHANGE_TYPES, STRUCTURAL_CHANGES, Segment
@@ -124,8 +125,10 @@ class _Samples:
 def rasterize_windows(segment: Segment, stations: npt.ArrayLike) -> Float32Array:
     """Rasterize windows centred at `stations`: (N, N_CHANNELS, WINDOW_PX, WINDOW_PX) float32.
 
-    Reads the current map and the drives only (never the label or the true road).
+    Reads the current map and the drives only (never the label or the true road). Drives are
+    first aligned to the map (`align_drives`).
     """
+    segment = align_drives(segment)
     frames = _frames(reference_path(segment), _as_stations(stations))
     n_drives = max(len(segment.drives), 1)
     out = np.zeros((len(frames), N_CHANNELS, WINDOW_PX, WINDOW_PX), np.float32)
@@ -136,6 +139,90 @@ def rasterize_windows(segment: Segment, stations: npt.ArrayLike) -> Float32Array
     np.minimum(drive_part, 1.0, out=drive_part)
     out[:, _COVERAGE_CHANNEL] = _coverage(segment, frames) / n_drives
     return out
+
+
+ALIGN_CLIP_M = 1.0
+"""Trajectory points further than this from the robust fit are ignored when aligning a drive."""
+ALIGN_RIDGE = 0.01
+"""Pulls the along-road part of a drive's offset to 0 where a straight road leaves it undetermined."""
+
+
+def drive_offsets(segment: Segment) -> FloatArray:
+    """Estimated GPS offset (D, 2) of each drive, to subtract before drawing it.
+
+    A drive follows a lane: its trajectory lies near one of the current map's lane centrelines,
+    displaced by its GPS offset (constant per drive) and a small wander. The offset is the robust
+    least-squares fit of the trajectory's distances to the nearest lane centreline, measured along
+    that centreline's normal (three reweighting rounds; points off by more than `ALIGN_CLIP_M`
+    from the median residual, e.g. inside a lane shift or a merge, are ignored). Without a
+    current map (`new_road`) nothing is aligned. Reads the map and the drives only.
+    """
+    offsets = np.zeros((len(segment.drives), 2))
+    centres = _lane_centre_points(segment)
+    if centres.shape[0] < 2:
+        return offsets
+    normals = _point_normals(centres, segment.current_map.centreline_m.astype(np.float64))
+    for i, drive in enumerate(segment.drives):
+        offsets[i] = _fit_offset(drive.trajectory_m[::2].astype(np.float64), centres, normals)
+    return offsets
+
+
+def _lane_centre_points(segment: Segment) -> FloatArray:
+    lines = segment.current_map.lines
+    keep = np.repeat(lines.classes == CLASS_CENTRELINE, np.diff(lines.indptr))
+    points: FloatArray = lines.points_m[keep].astype(np.float64)
+    return points
+
+
+def _point_normals(points: FloatArray, centreline: FloatArray) -> FloatArray:
+    """Left normal of the map's centreline at the vertex nearest to each point."""
+    nearest = _nearest(points, centreline)
+    normals: FloatArray = left_normals(centreline)[nearest]
+    return normals
+
+
+def _nearest(points: FloatArray, targets: FloatArray) -> IntArray:
+    """Index of the nearest target of each point (all pairs, as one matrix product)."""
+    d2 = (targets**2).sum(axis=1)[None, :] - 2.0 * points @ targets.T
+    nearest: IntArray = d2.argmin(axis=1)
+    return nearest
+
+
+def _fit_offset(trajectory: FloatArray, centres: FloatArray, normals: FloatArray) -> FloatArray:
+    nearest = _nearest(trajectory, centres)
+    n = normals[nearest]
+    lateral = ((trajectory - centres[nearest]) * n).sum(axis=1)
+    offset = np.zeros(2)
+    for _ in range(3):
+        residual = lateral - n @ offset
+        weight = (np.abs(residual - np.median(residual)) < ALIGN_CLIP_M).astype(np.float64)
+        total = max(weight.sum(), 1.0)
+        a = (n * weight[:, None]).T @ n + ALIGN_RIDGE * total * np.eye(2)
+        offset = np.linalg.solve(a, (n * (weight * lateral)[:, None]).sum(axis=0))
+    return offset
+
+
+def align_drives(segment: Segment) -> Segment:
+    """The segment with each drive's trajectory and strokes moved by minus its `drive_offsets`.
+
+    Survey drives carry a GPS offset of their own (hard preset: 0.5 m sigma), as large as the
+    smallest lane shift; aligning each drive to the map's lanes before drawing makes the drives
+    agree with each other and with the map wherever the road did not change.
+    """
+    offsets = drive_offsets(segment).astype(np.float32)
+    if not offsets.any():
+        return segment
+    drives = tuple(
+        replace(
+            drive,
+            trajectory_m=drive.trajectory_m - offset,
+            strokes=Polylines(
+                drive.strokes.points_m - offset, drive.strokes.indptr, drive.strokes.classes
+            ),
+        )
+        for drive, offset in zip(segment.drives, offsets, strict=True)
+    )
+    return replace(segment, drives=drives)
 
 
 def _as_stations(stations: npt.ArrayLike) -> FloatArray:
