@@ -86,20 +86,21 @@ Float32Array = npt.NDArray[np.float32]
 
 
 def window_stations(length_m: float, *, stride_m: float = 16.0) -> FloatArray:
-    """Centre stations of the windows over a segment: every `stride_m` from `stride_m / 2`.
+    """Centre stations of the windows over a segment, `stride_m` apart and centred on it.
 
-    Windows overlap by half with the default stride; a 400 m segment gets 25 windows. A segment
-    shorter than the stride gets one window at its middle.
+    As many windows as fit with their centres at least `stride_m / 2` from both ends, the
+    sequence centred on the segment: a 400 m segment gets 25 windows at 8, 24, ..., 392 m, which
+    with the 32 m windows cover it end to end with half-window overlap. A segment shorter than
+    the stride gets one window at its middle.
     """
     if not length_m > 0:
         raise InvalidParameterError("length_m", length_m, "a positive length in metres")
     if not stride_m > 0:
         raise InvalidParameterError("stride_m", stride_m, "a positive stride in metres")
-    stations = np.arange(stride_m / 2, length_m - stride_m / 2 + 1e-9, stride_m)
-    if stations.shape[0] == 0:
-        return np.array([length_m / 2])
-    result: FloatArray = stations.astype(np.float64)
-    return result
+    count = max(1, int(np.floor((length_m - stride_m) / stride_m + 1e-9)) + 1)
+    first = (length_m - (count - 1) * stride_m) / 2
+    stations: FloatArray = first + stride_m * np.arange(count, dtype=np.float64)
+    return stations
 
 
 @dataclass(frozen=True, eq=False)
