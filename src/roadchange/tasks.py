@@ -1,0 +1,63 @@
+"""roadchange as fleetinfer tasks: one task per road segment, the model reached through the node.
+
+    fleetinfer run roadchange.tasks:check_segment --models src/roadchange/models
+
+The payload is `{"path": "<segment file>"}` (optionally `"max_batch"`); the result is the segment
+decision as JSON. A missing or corrupted segment file is bad input: the task is rejected (no retry)
+with the reason naming the file. The model is `ctx.model("cdnet")`, so the same code runs against an
+in-process ONNX Runtime session, the node's shared model server, or Triton.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fleetinfer.task import App, Reject, TaskContext
+from roadchange.errors import SegmentFileError
+from roadchange.pipeline import DEFAULT_MAX_BATCH, SegmentDecision
+from roadchange.pipeline import check_segment as decide_segment
+
+MODEL_NAME = "cdnet"
+
+app = App("roadchange")
+
+
+def _payload_path(payload: Any) -> Path:
+    if not isinstance(payload, dict) or not isinstance(payload.get("path"), str):
+        raise Reject(f"expected a payload like {{'path': '<segment file>'}}, got {payload!r:.120}")
+    return Path(payload["path"])
+
+
+def _max_batch(payload: dict[str, Any]) -> int:
+    value = payload.get("max_batch", DEFAULT_MAX_BATCH)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise Reject(f"payload field 'max_batch' must be an integer >= 1, got {value!r}")
+    return value
+
+
+@app.task(name="check_segment", max_receives=3)
+def check_segment(ctx: TaskContext, payload: Any) -> dict[str, Any]:
+    """Check one road segment file for map changes."""
+    path = _payload_path(payload)
+    try:
+        decision = decide_segment(path, ctx.model(MODEL_NAME), max_batch=_max_batch(payload))
+    except SegmentFileError as exc:
+        raise Reject(str(exc)) from exc
+    return decision.to_json()
+
+
+def decision_from_json(data: dict[str, Any]) -> SegmentDecision:
+    """The inverse of `SegmentDecision.to_json()`, for results read back from a store."""
+    return SegmentDecision(
+        segment_id=str(data["segment_id"]),
+        changed=bool(data["changed"]),
+        remap=bool(data["remap"]),
+        change_types=tuple(data["change_types"]),
+        change_stations_m=tuple(float(s) for s in data["change_stations_m"]),
+        change_spans_m=tuple((float(a), float(b)) for a, b in data["change_spans_m"]),
+        confidence=float(data["confidence"]),
+        score_logit=float(data["score_logit"]),
+        windows=int(data["windows"]),
+        model_calls=int(data["model_calls"]),
+    )
