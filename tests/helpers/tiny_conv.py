@@ -95,3 +95,21 @@ def tiny_conv_repository(root: Path, *, name: str = "tinyconv", extra: str = "")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     (root / name / "config.toml").write_text(CONFIG.format(name=name, extra=extra, digest=digest))
     return root
+
+
+def tiny_conv_eval_inputs(
+    model_path: Path, count: int, *, seed: int = 9, min_margin: float = 0.5
+) -> list[dict[str, np.ndarray[Any, Any]]]:
+    """Evaluation inputs whose FP32 decision is clear: top-2 logit margin >= `min_margin`
+    (a representative evaluation set has labels, not coin flips)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    kept: list[dict[str, np.ndarray[Any, Any]]] = []
+    for batch in tiny_conv_inputs(count * 4, seed=seed):
+        top2 = np.sort(session.run(None, batch)[0][0])[-2:]
+        if top2[1] - top2[0] >= min_margin:
+            kept.append(batch)
+        if len(kept) == count:
+            break
+    return kept
