@@ -2,27 +2,32 @@
 
 Modes, chosen by configuration:
 - `inprocess`: the worker process loads its own ONNX Runtime session (the isolated baseline);
-- `shared`: the node's model server over a Unix socket and shared memory (model-server issue);
+- `shared`: the node's model server over a Unix socket and shared memory (`fleetinfer serve`);
 - `triton`: a Triton server through tritonclient (benchmark comparison).
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from fleetinfer.errors import ConfigError
+from fleetinfer.errors import ConfigError, ServerUnavailableError
+from fleetinfer.server.channel import Channel, ChannelBrokenError
 from fleetinfer.server.repository import ModelRepository
+from fleetinfer.server.server import default_socket_path
 from fleetinfer.server.session import OrtModel
 
-CLIENT_MODES = ("inprocess",)
+CLIENT_MODES = ("inprocess", "shared")
 
 Tensors = dict[str, np.ndarray[Any, Any]]
+T = TypeVar("T")
 
 
 class ModelHandle(Protocol):
@@ -36,10 +41,20 @@ class ModelClient(ABC):
 
     @staticmethod
     def from_mode(
-        mode: str, *, repository: Path | str, intra_op_threads: int | None = None
+        mode: str,
+        *,
+        repository: Path | str | None = None,
+        intra_op_threads: int | None = None,
+        socket_path: Path | str | None = None,
     ) -> ModelClient:
+        """`inprocess` needs `repository`; `shared` uses `socket_path` (default: the server's
+        default path, `$FLEETINFER_SOCKET`)."""
         if mode == "inprocess":
+            if repository is None:
+                raise ConfigError("model client mode 'inprocess' needs repository=<model repo>")
             return InProcessModelClient(repository, intra_op_threads=intra_op_threads)
+        if mode == "shared":
+            return SharedModelClient(socket_path)
         raise ConfigError(f"unknown model client mode {mode!r}: expected one of {CLIENT_MODES}")
 
     @abstractmethod
@@ -65,6 +80,7 @@ class InProcessModelClient(ModelClient):
         self.repository = ModelRepository(repository)
         self.intra_op_threads = intra_op_threads
         self._sessions: dict[tuple[str, int], OrtModel] = {}
+        self._by_request: dict[tuple[str, int | None], OrtModel] = {}
         self._lock = threading.Lock()
 
     def model(self, name: str) -> ModelHandle:
@@ -72,13 +88,126 @@ class InProcessModelClient(ModelClient):
         return _InProcessHandle(self, name)
 
     def session(self, name: str, version: int | None) -> OrtModel:
+        """The session for `name` (newest served version when `version` is None), loaded once:
+        later calls are a dictionary lookup, not a repository scan."""
+        session = self._by_request.get((name, version))
+        if session is not None:
+            return session
         resolved = self.repository.resolve(name, version)
         key = (name, resolved.version)
         with self._lock:
             if key not in self._sessions:
                 self._sessions[key] = OrtModel(resolved, intra_op_threads=self.intra_op_threads)
+            self._by_request[(name, version)] = self._sessions[key]
             return self._sessions[key]
 
     def close(self) -> None:
         with self._lock:
             self._sessions.clear()
+            self._by_request.clear()
+
+
+class _SharedHandle:
+    def __init__(self, client: SharedModelClient, name: str) -> None:
+        self._client, self._name = client, name
+
+    def infer(self, inputs: Mapping[str, Any], *, version: int | None = None) -> Tensors:
+        return self._client.infer(self._name, inputs, version=version)
+
+
+class SharedModelClient(ModelClient):
+    """The node's model server: one connection and one shared-memory region per thread.
+
+    A broken connection (server restarted) is re-opened, waiting up to `connect_timeout_s` for the
+    server to come back, and the request is retried once (inference is idempotent).
+    """
+
+    def __init__(
+        self,
+        socket_path: Path | str | None = None,
+        *,
+        connect_timeout_s: float = 5.0,
+        region_bytes: int = 4 << 20,
+        max_region_bytes: int = 4 << 30,
+    ) -> None:
+        self.socket_path = Path(socket_path) if socket_path else default_socket_path()
+        self.connect_timeout_s = connect_timeout_s
+        self.region_bytes, self.max_region_bytes = region_bytes, max_region_bytes
+        self._local = threading.local()
+        self._channels: list[Channel] = []
+        self._lock = threading.Lock()
+
+    def model(self, name: str) -> ModelHandle:
+        self._call(lambda channel: channel.model_info(name))  # unknown names fail here
+        return _SharedHandle(self, name)
+
+    def infer(
+        self, model: str, inputs: Mapping[str, Any], *, version: int | None = None
+    ) -> Tensors:
+        return self._call(lambda channel: channel.infer(model, inputs, version))
+
+    def versions(self, model: str) -> tuple[int, ...]:
+        return self._call(lambda channel: channel.model_info(model)).versions
+
+    def control(
+        self, action: str, model: str = "", version: int | None = None
+    ) -> dict[str, tuple[int, ...]]:
+        """`load` / `unload` / `reload` a model (or a version) in the server; `status`.
+        Returns the loaded versions of every model afterwards."""
+        return self._call(lambda channel: channel.control(action, model, version)).loaded
+
+    def close(self) -> None:
+        with self._lock:
+            channels, self._channels = self._channels, []
+        for channel in channels:
+            channel.close()
+        self._local = threading.local()
+
+    def _call(self, request: Callable[[Channel], T]) -> T:
+        channel = self._channel()
+        try:
+            return request(channel)
+        except ChannelBrokenError:
+            self._drop(channel)
+        channel = self._channel()  # the server restarted: reconnect and retry once
+        try:
+            return request(channel)
+        except ChannelBrokenError as exc:
+            self._drop(channel)
+            raise ServerUnavailableError(
+                f"the model server on {self.socket_path} dropped the request twice: {exc}"
+            ) from exc
+
+    def _channel(self) -> Channel:
+        channel: Channel | None = getattr(self._local, "channel", None)
+        if channel is None or channel.pid != os.getpid():
+            channel = self._connect()
+            self._local.channel = channel
+            with self._lock:
+                self._channels.append(channel)
+        return channel
+
+    def _drop(self, channel: Channel) -> None:
+        self._local.channel = None
+        with self._lock:
+            if channel in self._channels:
+                self._channels.remove(channel)
+        channel.close()
+
+    def _connect(self) -> Channel:
+        deadline = time.monotonic() + self.connect_timeout_s
+        while True:
+            try:
+                return Channel.connect(
+                    self.socket_path,
+                    region_bytes=self.region_bytes,
+                    max_region_bytes=self.max_region_bytes,
+                )
+            except (OSError, ChannelBrokenError) as exc:
+                if time.monotonic() >= deadline:
+                    raise ServerUnavailableError(
+                        f"no model server answers on {self.socket_path} after "
+                        f"{self.connect_timeout_s:g} s ({exc}): start one with "
+                        "`fleetinfer serve --models <repo>` or point socket_path at it"
+                    ) from exc
+                time.sleep(0.05)

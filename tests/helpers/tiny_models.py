@@ -62,3 +62,52 @@ def affine_repository(
         hashes.append(f'[versions.{version}]\nsha256 = "{digest}"')
     write_config(root / name, name, extra="\n".join(hashes))
     return root
+
+
+def identity_model(path: Path, *, features: int) -> Path:
+    """y = x, input `x` float32 [-1, features]: what the transport alone costs."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", features])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def identity_repository(
+    root: Path, *, features: int = 512 * 1024, name: str = "identity", max_batch_size: int = 8
+) -> Path:
+    """A repository with one identity model; the default input is 2 MiB of float32 per sample."""
+    identity_model(root / name / "1" / "model.onnx", features=features)
+    write_config(root / name, name, features=features, max_batch_size=max_batch_size)
+    return root
+
+
+def fragile_repository(root: Path, *, name: str = "fragile") -> Path:
+    """y = x + c with c of shape [1, 4], configured as [-1, -1]: any width but 4 (or 1) passes
+    validation and then fails inside ONNX Runtime (an execution failure)."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"])],
+        "fragile",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "width"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(np.ones((1, 4), dtype=np.float32), "c")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = root / name / "1" / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    text = (root / name / "config.toml").parent
+    text.mkdir(parents=True, exist_ok=True)
+    (text / "config.toml").write_text(
+        f'name = "{name}"\nmax_batch_size = 8\n'
+        '[[inputs]]\nname = "x"\ndtype = "float32"\nshape = [-1, -1]\n'
+        '[[outputs]]\nname = "y"\ndtype = "float32"\nshape = [-1, -1]\n'
+    )
+    return root

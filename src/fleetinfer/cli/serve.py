@@ -1,0 +1,113 @@
+"""`fleetinfer serve --models REPO`: run the node's model server until SIGTERM / SIGINT.
+
+SIGHUP re-reads the repository (new versions in, removed versions out, changed artifacts reloaded).
+Once serving, one JSON line goes to stdout: {"event": "ready", "socket": ..., "metrics_port": ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from fleetinfer.errors import FleetinferError
+from fleetinfer.server.server import ModelServer, ServerConfig, default_socket_path
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+
+log = logging.getLogger("fleetinfer.serve")
+
+
+def serve(
+    models: Path,
+    socket_path: Path | None,
+    metrics_port: int,
+    *,
+    intra_op_threads: int | None = None,
+    max_request_bytes: int = 1 << 30,
+    max_region_bytes: int = 4 << 30,
+) -> int:
+    """Serve `models` on `socket_path` (default: `default_socket_path()`) until a signal."""
+    config = ServerConfig(
+        models=models,
+        socket_path=socket_path or default_socket_path(),
+        metrics_port=None if metrics_port < 0 else metrics_port,
+        intra_op_threads=intra_op_threads,
+        max_request_bytes=max_request_bytes,
+        max_region_bytes=max_region_bytes,
+    )
+    server = ModelServer(config)
+    try:
+        server.start()
+    except FleetinferError as exc:
+        server.stop()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    _install_signals(server)
+    ready = {
+        "event": "ready",
+        "socket": str(config.socket_path),
+        "metrics_port": server.metrics_port,
+    }
+    print(json.dumps(ready), flush=True)
+    while not server.wait(1.0):
+        pass
+    return EXIT_OK
+
+
+def _install_signals(server: ModelServer) -> None:
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        server.stop()
+
+    def reload(signum: int, _frame: FrameType | None) -> None:
+        try:
+            server.registry.load_all()
+        except FleetinferError as exc:  # a bad new version must not stop the server
+            log.error("reload failed, still serving %s: %s", server.registry.loaded(), exc)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
+
+
+def serve_command(
+    models: Annotated[Path, typer.Option("--models", help="Model repository folder.")],
+    socket: Annotated[
+        Path | None, typer.Option("--socket", help="Unix socket path (default: per-user path).")
+    ] = None,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            "--metrics-port", help="HTTP port for /metrics and health; 0 = any, -1 = off."
+        ),
+    ] = 8002,
+    intra_op_threads: Annotated[
+        int | None, typer.Option("--intra-op-threads", help="ONNX Runtime threads per execution.")
+    ] = None,
+    max_request_mb: Annotated[
+        int, typer.Option("--max-request-mb", help="Largest request (all inputs), in MiB.")
+    ] = 1024,
+) -> None:
+    """Serve the repository's models to local workers (Unix socket + shared memory)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    code = serve(
+        models,
+        socket,
+        metrics_port,
+        intra_op_threads=intra_op_threads,
+        max_request_bytes=max_request_mb << 20,
+    )
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    typer.run(serve_command)

@@ -1,0 +1,275 @@
+"""The client end of the transport: one socket and one shared-memory region per client thread.
+
+Inputs are copied once into the region; the server reads them in place and writes the outputs into
+a window of the region. Outputs come back as numpy views of the region (no copy): the bytes they
+use are leased until the arrays are garbage-collected, then reused. If leases pile up (the caller
+keeps many results alive) outputs are copied out instead, so the region never grows for that.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import numpy as np
+
+from fleetinfer.errors import InvalidInputError, PayloadTooLargeError
+from fleetinfer.server.protocol import (
+    HEADER,
+    MAGIC,
+    MAX_BODY_BYTES,
+    Attach,
+    ControlReply,
+    ControlRequest,
+    Empty,
+    ErrorReply,
+    InferReply,
+    InferRequest,
+    Kind,
+    ModelInfo,
+    ModelInfoRequest,
+    OutputSpaceError,
+    TensorRef,
+    aligned,
+    decode,
+    frame,
+    rebuild_error,
+)
+from fleetinfer.server.shm import SharedRegion, unlink_segment
+
+Tensors = dict[str, np.ndarray[Any, Any]]
+R = TypeVar("R", bound=msgspec.Struct)
+_SUPPORTED_KINDS = "biuf"
+_GROWTH_STEP_BYTES = 1 << 20
+
+
+class ChannelBrokenError(ConnectionError):
+    """The socket failed mid-request: reconnect, then retry (inference is idempotent)."""
+
+
+class Arena:
+    """First-fit allocator of aligned byte ranges in a region; `free` may come from any thread."""
+
+    def __init__(self, size_bytes: int) -> None:
+        self.size_bytes = size_bytes
+        self.leased_bytes = 0
+        self._free: list[tuple[int, int]] = [(0, size_bytes)]  # (offset, size), by offset
+        self._lock = threading.Lock()
+
+    def alloc(self, nbytes: int) -> int | None:
+        nbytes = aligned(max(nbytes, 1))
+        with self._lock:
+            for i, (offset, size) in enumerate(self._free):
+                if size >= nbytes:
+                    self._free[i : i + 1] = (
+                        [(offset + nbytes, size - nbytes)] if size > nbytes else []
+                    )
+                    return offset
+        return None
+
+    def take_largest(self) -> tuple[int, int]:
+        with self._lock:
+            if not self._free:
+                return 0, 0
+            i = max(range(len(self._free)), key=lambda j: self._free[j][1])
+            return self._free.pop(i)
+
+    def free(self, offset: int, nbytes: int) -> None:
+        if nbytes <= 0:
+            return
+        with self._lock:
+            blocks = sorted([*self._free, (offset, nbytes)])
+            merged = [blocks[0]]
+            for start, size in blocks[1:]:
+                last_start, last_size = merged[-1]
+                if last_start + last_size == start:
+                    merged[-1] = (last_start, last_size + size)
+                else:
+                    merged.append((start, size))
+            self._free = merged
+
+    def lease(self, nbytes: int) -> None:
+        with self._lock:
+            self.leased_bytes += nbytes
+
+    def release(self, offset: int, nbytes: int) -> None:
+        with self._lock:
+            self.leased_bytes -= nbytes
+        self.free(offset, nbytes)
+
+    def grow(self, size_bytes: int) -> None:
+        old, self.size_bytes = self.size_bytes, size_bytes
+        self.free(old, size_bytes - old)
+
+
+class Channel:
+    """A connected socket plus an attached region; used by one thread at a time."""
+
+    def __init__(self, sock: socket.socket, region: SharedRegion, max_region_bytes: int) -> None:
+        self.sock, self.region, self.max_region_bytes = sock, region, max_region_bytes
+        self.pid = os.getpid()
+        self.arena = Arena(region.size_bytes)
+        self._ids = itertools.count(1)
+        self._finalizer = weakref.finalize(self, unlink_segment, region.name)
+
+    @classmethod
+    def connect(cls, socket_path: Path, *, region_bytes: int, max_region_bytes: int) -> Channel:
+        """Connect and attach a fresh region; `OSError` if nobody listens."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(socket_path))
+            region = SharedRegion.create(region_bytes)
+        except BaseException:
+            sock.close()
+            raise
+        channel = cls(sock, region, max_region_bytes)
+        try:
+            channel.call(Kind.ATTACH, Attach(region.name, region.size_bytes), Empty)
+        except BaseException:
+            channel.close()
+            raise
+        return channel
+
+    def close(self) -> None:
+        """Close the socket and unlink the region; outputs still in use stay readable."""
+        self.sock.close()
+        self.region.unlink()
+        self.region.close()
+        self._finalizer.detach()
+
+    def call(self, kind: int, body: msgspec.Struct, reply_type: type[R]) -> R:
+        """One request, one reply; server errors are raised as their own exception class."""
+        request_id = next(self._ids) & 0xFFFFFFFF
+        try:
+            self.sock.sendall(frame(kind, request_id, body))
+            reply_kind, reply_id, payload = self._read_frame()
+        except OSError as exc:
+            raise ChannelBrokenError(f"model server connection failed: {exc}") from exc
+        if reply_id not in (request_id, 0):
+            raise ChannelBrokenError(f"reply {reply_id} does not answer request {request_id}")
+        if reply_kind == Kind.ERROR:
+            raise rebuild_error(decode(ErrorReply, payload))
+        return decode(reply_type, payload)
+
+    def _read_frame(self) -> tuple[int, int, bytes]:
+        header = self._recv_exact(HEADER.size)
+        magic, _version, kind, request_id, length = HEADER.unpack(header)
+        if magic != MAGIC or length > MAX_BODY_BYTES:
+            raise ChannelBrokenError("the model server sent a frame this client cannot parse")
+        return kind, request_id, self._recv_exact(length)
+
+    def _recv_exact(self, n: int) -> bytes:
+        data = self.sock.recv(n)
+        while len(data) < n:
+            more = self.sock.recv(n - len(data))
+            if not more:
+                raise ChannelBrokenError("the model server closed the connection")
+            data += more
+        if n and not data:
+            raise ChannelBrokenError("the model server closed the connection")
+        return data
+
+    def model_info(self, model: str) -> ModelInfo:
+        return self.call(Kind.MODEL_INFO, ModelInfoRequest(model), ModelInfo)
+
+    def control(self, action: str, model: str = "", version: int | None = None) -> ControlReply:
+        return self.call(Kind.CONTROL, ControlRequest(action, model, version or 0), ControlReply)
+
+    def infer(self, model: str, inputs: Mapping[str, Any], version: int | None) -> Tensors:
+        arrays = _arrays(inputs)
+        for _ in range(3):
+            try:
+                return self._infer_once(model, arrays, version)
+            except OutputSpaceError as exc:
+                self._grow(exc.needed_bytes + sum(aligned(a.nbytes) for a in arrays.values()))
+        raise PayloadTooLargeError("the outputs", self.region.size_bytes, self.max_region_bytes)
+
+    def _infer_once(self, model: str, arrays: Tensors, version: int | None) -> Tensors:
+        staged = [(name, self._stage(array)) for name, array in arrays.items()]
+        window = self.arena.take_largest()
+        try:
+            refs = tuple(
+                TensorRef(n, a.dtype.name, tuple(a.shape), off, a.nbytes)
+                for (n, off), a in zip(staged, arrays.values(), strict=True)
+            )
+            request = InferRequest(model, version or 0, refs, window[0], window[1])
+            reply = self.call(Kind.INFER, request, InferReply)
+        except BaseException:
+            self.arena.free(*window)
+            raise
+        finally:
+            for (_, off), a in zip(staged, arrays.values(), strict=True):
+                self.arena.free(off, aligned(max(a.nbytes, 1)))
+        return self._collect(reply, window)
+
+    def _stage(self, array: np.ndarray[Any, Any]) -> int:
+        offset = self.arena.alloc(array.nbytes)
+        if offset is None:
+            self._grow(aligned(array.nbytes) * 2)
+            offset = self.arena.alloc(array.nbytes)
+            assert offset is not None  # the region just grew by more than that
+        native = array.dtype.newbyteorder("=")
+        np.copyto(self.region.view(offset, native, array.shape), array)
+        return offset
+
+    def _collect(self, reply: InferReply, window: tuple[int, int]) -> Tensors:
+        start, size = window
+        end = max((r.offset + r.nbytes for r in reply.outputs), default=start)
+        if any(r.offset < start or r.offset + r.nbytes > start + size for r in reply.outputs):
+            self.arena.free(start, size)
+            raise ChannelBrokenError(
+                "the model server wrote outputs outside the window it was given"
+            )
+        used = aligned(end - start)
+        self.arena.free(start + used, size - used)
+        if used == 0 or self.arena.leased_bytes + used > self.region.size_bytes // 2:
+            outputs = {r.name: self._view(r).copy() for r in reply.outputs}
+            self.arena.free(start, used)
+            return outputs
+        lease = np.frombuffer(self.region.mmap, np.uint8, count=used, offset=start)
+        self.arena.lease(used)
+        weakref.finalize(lease, self.arena.release, start, used)
+        return {r.name: _lease_view(lease, r, start) for r in reply.outputs}
+
+    def _view(self, ref: TensorRef) -> np.ndarray[Any, Any]:
+        return self.region.view(ref.offset, np.dtype(ref.dtype), ref.shape)
+
+    def _grow(self, min_free_bytes: int) -> None:
+        wanted = max(self.region.size_bytes * 2, self.region.size_bytes + min_free_bytes)
+        size = -(-wanted // _GROWTH_STEP_BYTES) * _GROWTH_STEP_BYTES
+        if size > self.max_region_bytes:
+            raise PayloadTooLargeError(
+                "the shared-memory region this request needs", size, self.max_region_bytes
+            )
+        old, self.region = self.region, self.region.resize(size)
+        old.close()
+        self.arena.grow(size)
+        self.call(Kind.ATTACH, Attach(self.region.name, size), Empty)
+
+
+def _lease_view(lease: np.ndarray[Any, Any], ref: TensorRef, start: int) -> np.ndarray[Any, Any]:
+    begin = ref.offset - start
+    return lease[begin : begin + ref.nbytes].view(np.dtype(ref.dtype)).reshape(ref.shape)
+
+
+def _arrays(inputs: Mapping[str, Any]) -> Tensors:
+    arrays: Tensors = {}
+    for name, array in inputs.items():
+        if not isinstance(array, np.ndarray):
+            raise InvalidInputError(
+                f"input {name!r} must be a numpy array, got {type(array).__name__}"
+            )
+        if array.dtype.kind not in _SUPPORTED_KINDS:
+            raise InvalidInputError(
+                f"input {name!r} has dtype {array.dtype}, which cannot travel in shared memory: "
+                "use a numeric or bool dtype"
+            )
+        arrays[name] = array
+    return arrays

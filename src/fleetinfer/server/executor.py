@@ -1,0 +1,293 @@
+"""One loaded model version and its dynamic batcher.
+
+A request whose model is idle runs at once on the connection thread that read it (no hand-off).
+When every instance is busy, requests queue; each batcher thread (one per configured instance)
+takes whatever is queued and compatible (same non-batch shapes), up to `max_batch_size`, and runs
+it as one batch: it merges what is already there and never waits for more
+(`max_queue_delay_us = 0`, the measured best on CPU); a positive delay makes it wait that long
+for a fuller batch. Outputs are written straight into each client's region and each client gets
+its own reply. A failed merged batch is retried request by request, so one bad request cannot
+fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from fleetinfer.errors import FleetinferError
+from fleetinfer.server.metrics import ModelStats
+from fleetinfer.server.protocol import InferReply, OutputSpaceError, TensorRef, aligned
+from fleetinfer.server.repository import DTYPES
+from fleetinfer.server.session import OrtModel, Tensors
+from fleetinfer.server.shm import SharedRegion
+
+log = logging.getLogger(__name__)
+DIRECT_OUTPUT_MIN_BYTES = 256 * 1024
+_DTYPE_NAMES = {
+    np.dtype(t): name for name, t in DTYPES.items()
+}  # below this a copy is cheaper than an ORT I/O binding
+
+
+class ReplySink(Protocol):
+    """Where a request's answer goes: the connection that sent it."""
+
+    def reply_ok(self, request_id: int, body: InferReply) -> None: ...
+
+    def reply_error(self, request_id: int, exc: FleetinferError) -> None: ...
+
+
+@dataclass(slots=True)
+class Pending:
+    """A validated request: its inputs are views of the client's region."""
+
+    sink: ReplySink
+    request_id: int
+    inputs: Tensors
+    batch: int
+    region: SharedRegion
+    window_offset: int
+    window_bytes: int
+    enqueued_ns: int
+
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(a.shape[1:] for a in self.inputs.values())
+
+
+class ModelExecutor:
+    """Runs one `OrtModel` for many connections, batching what queues up."""
+
+    def __init__(self, model: OrtModel, stats: ModelStats) -> None:
+        self.model, self.config, self.stats = model, model.config, stats
+        self.version = model.model.version
+        self.instances = max(1, self.config.instance_count)
+        self.batchable = all(s.shape[0] == -1 for s in self.config.inputs + self.config.outputs)
+        self.delay_ns = self.config.batching.max_queue_delay_us * 1000
+        self._direct = self.batchable and all(-1 not in s.shape[1:] for s in self.config.outputs)
+        self._queue: deque[Pending] = deque()
+        self._cond = threading.Condition()
+        self._busy = 0
+        self._closed = False
+        self._threads = [
+            threading.Thread(
+                target=self._serve_queue, name=f"batcher-{self.config.name}-{i}", daemon=True
+            )
+            for i in range(self.instances)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, pending: Pending) -> bool:
+        """Run or queue `pending`; False if this executor was closed (re-resolve the model)."""
+        with self._cond:
+            if self._closed:
+                return False
+            inline = self._busy < self.instances and not self._queue and self.delay_ns == 0
+            if inline:
+                self._busy += 1
+            else:
+                self._queue.append(pending)
+                self._cond.notify()
+        if inline:
+            try:
+                self.execute([pending])
+            finally:
+                self._release()
+        return True
+
+    def close(self) -> None:
+        """Accept nothing new; queued requests still run, then the batcher threads exit."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def join(self, timeout_s: float) -> None:
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+    def _release(self) -> None:
+        with self._cond:
+            self._busy -= 1
+            if self._queue or self._closed:  # wake a batcher only when there is work for it
+                self._cond.notify()
+
+    def _serve_queue(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self.execute(batch)
+            except Exception:  # never let a batcher thread die
+                log.exception("batch of %s failed unexpectedly", self.config.name)
+            finally:
+                self._release()
+
+    def _next_batch(self) -> list[Pending] | None:
+        with self._cond:
+            while not (self._queue and self._busy < self.instances):
+                if self._closed and not self._queue:
+                    return None
+                self._cond.wait()
+            self._wait_for_fuller_batch()
+            self._busy += 1
+            return self._take_batch()
+
+    def _wait_for_fuller_batch(self) -> None:
+        if self.delay_ns == 0:
+            return
+        deadline_ns = self._queue[0].enqueued_ns + self.delay_ns
+        while not self._closed and self._queued_samples() < self.config.max_batch_size:
+            left_s = (deadline_ns - time.perf_counter_ns()) / 1e9
+            if left_s <= 0:
+                return
+            self._cond.wait(left_s)
+
+    def _queued_samples(self) -> int:
+        return sum(p.batch for p in self._queue)
+
+    def _take_batch(self) -> list[Pending]:
+        first = self._queue.popleft()
+        batch, total = [first], first.batch
+        if not self.batchable:
+            return batch
+        key, kept = first.shapes(), deque[Pending]()
+        while self._queue:
+            p = self._queue.popleft()
+            if p.shapes() == key and total + p.batch <= self.config.max_batch_size:
+                batch.append(p)
+                total += p.batch
+            else:
+                kept.append(p)
+        self._queue = kept
+        return batch
+
+    def execute(self, batch: list[Pending]) -> None:
+        """Run `batch` as one model execution and answer each request."""
+        start_ns = time.perf_counter_ns()
+        try:
+            if len(batch) == 1 and self._try_direct(batch[0], start_ns):
+                return
+            outputs = self.model.run(_merged_inputs(batch))
+        except FleetinferError as exc:
+            self._fail(batch, exc)
+            return
+        compute_us = (time.perf_counter_ns() - start_ns) // 1000
+        row = 0
+        for p in batch:
+            part = (
+                outputs
+                if len(batch) == 1
+                else {n: o[row : row + p.batch] for n, o in outputs.items()}
+            )
+            row += p.batch
+            self._answer(p, part)
+        self._account(batch, start_ns, compute_us)
+
+    def _fail(self, batch: list[Pending], exc: FleetinferError) -> None:
+        if len(batch) > 1:
+            for p in batch:  # isolate the culprit: one bad request must not fail the others
+                self.execute([p])
+            return
+        self.stats.failed()
+        batch[0].sink.reply_error(batch[0].request_id, exc)
+
+    def _account(self, batch: list[Pending], start_ns: int, compute_us: int) -> None:
+        queue_us = sum(start_ns - p.enqueued_ns for p in batch) // 1000
+        samples = sum(p.batch for p in batch)
+        self.stats.executed(
+            requests=len(batch), samples=samples, queue_us=queue_us, compute_us=compute_us
+        )
+
+    def _answer(self, p: Pending, outputs: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        try:
+            refs = write_outputs(p, outputs)
+        except FleetinferError as exc:
+            if not isinstance(exc, OutputSpaceError):
+                self.stats.failed()
+            p.sink.reply_error(p.request_id, exc)
+            return
+        p.sink.reply_ok(p.request_id, InferReply(version=self.version, outputs=refs))
+
+    def _try_direct(self, p: Pending, start_ns: int) -> bool:
+        """Let ONNX Runtime write large outputs straight into the client's region."""
+        if not self._direct:
+            return False
+        shapes = [(s, (p.batch, *s.shape[1:])) for s in self.config.outputs]
+        layout = _layout([(shape, s.numpy_dtype) for s, shape in shapes])
+        if layout[-1] < DIRECT_OUTPUT_MIN_BYTES or layout[-1] > p.window_bytes:
+            return False
+        p.region.check_intact()
+        views = {
+            s.name: p.region.view(p.window_offset + off, s.numpy_dtype, shape)
+            for (s, shape), off in zip(shapes, layout, strict=False)
+        }
+        if not self._run_bound(p.inputs, views):
+            return False
+        self._account([p], start_ns, (time.perf_counter_ns() - start_ns) // 1000)
+        refs = tuple(
+            _ref(name, v, p.window_offset + off)
+            for (name, v), off in zip(views.items(), layout, strict=False)
+        )
+        p.sink.reply_ok(p.request_id, InferReply(version=self.version, outputs=refs))
+        return True
+
+    def _run_bound(self, inputs: Tensors, outputs: Tensors) -> bool:
+        session = self.model.session
+        binding = session.io_binding()
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, array)
+        for name, view in outputs.items():
+            binding.bind_output(name, "cpu", 0, view.dtype, list(view.shape), view.ctypes.data)
+        try:
+            session.run_with_iobinding(binding)
+        except Exception as exc:  # e.g. the model's output shape is not the configured one
+            log.warning(
+                "%s: direct output disabled, falling back to copies: %s", self.config.name, exc
+            )
+            self._direct = False
+            return False
+        return True
+
+
+def _merged_inputs(batch: list[Pending]) -> Tensors:
+    if len(batch) == 1:
+        return batch[0].inputs
+    return {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
+
+
+def _layout(tensors: list[tuple[tuple[int, ...], np.dtype[Any]]]) -> list[int]:
+    """Aligned offsets of each tensor in a window, then the total bytes needed."""
+    offsets, cursor = [], 0
+    for shape, dtype in tensors:
+        cursor = aligned(cursor)
+        offsets.append(cursor)
+        cursor += math.prod(shape) * dtype.itemsize
+    return [*offsets, cursor]
+
+
+def write_outputs(p: Pending, outputs: Mapping[str, np.ndarray[Any, Any]]) -> tuple[TensorRef, ...]:
+    """Copy outputs into the request's window of its client's region."""
+    arrays = list(outputs.items())
+    layout = _layout([(a.shape, a.dtype) for _, a in arrays])
+    if layout[-1] > p.window_bytes:
+        raise OutputSpaceError(layout[-1])
+    p.region.check_intact()
+    refs = []
+    for (name, array), off in zip(arrays, layout, strict=False):
+        target = p.region.view(p.window_offset + off, array.dtype, array.shape)
+        np.copyto(target, array)
+        refs.append(_ref(name, target, p.window_offset + off))
+    return tuple(refs)
+
+
+def _ref(name: str, array: np.ndarray[Any, Any], offset: int) -> TensorRef:
+    return TensorRef(name, _DTYPE_NAMES[array.dtype], tuple(array.shape), offset, array.nbytes)

@@ -1,0 +1,90 @@
+"""Turning an `InferRequest` into a validated `Pending`: every check happens before memory is read.
+
+The order matters: sizes against the request limit, each tensor's dtype, shape, byte count and
+alignment, its span against the attached region, the region's file against shrinking, and only then
+numpy views of the region, validated against the model config (names, dtypes, shapes, batch).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from fleetinfer.errors import InvalidInputError, PayloadTooLargeError
+from fleetinfer.server.executor import ModelExecutor, Pending, ReplySink
+from fleetinfer.server.protocol import InferRequest, TensorRef
+from fleetinfer.server.repository import DTYPES
+from fleetinfer.server.session import Tensors, validate_inputs
+from fleetinfer.server.shm import SharedRegion
+
+MAX_RANK = 16
+
+
+def build_pending(
+    sink: ReplySink,
+    executor: ModelExecutor,
+    request_id: int,
+    request: InferRequest,
+    region: SharedRegion,
+    max_request_bytes: int,
+) -> Pending:
+    """Check `request` against limits, the region and the model; views of its inputs, no copy."""
+    config = executor.config
+    total = sum(max(ref.nbytes, 0) for ref in request.inputs)
+    if total > max_request_bytes:
+        raise PayloadTooLargeError(
+            f"request to model {config.name!r} (split the batch)", total, max_request_bytes
+        )
+    region.check_span("the output window", request.output_offset, request.output_bytes)
+    region.check_intact()
+    views = _input_views(request.inputs, region)
+    checked = validate_inputs(config, views)
+    batch = next(iter(checked.values())).shape[0] if executor.batchable else 1
+    return Pending(
+        sink=sink,
+        request_id=request_id,
+        inputs=checked,
+        batch=batch,
+        region=region,
+        window_offset=request.output_offset,
+        window_bytes=request.output_bytes,
+        enqueued_ns=time.perf_counter_ns(),
+    )
+
+
+def _input_views(refs: tuple[TensorRef, ...], region: SharedRegion) -> Tensors:
+    views: Tensors = {}
+    for ref in refs:
+        if ref.name in views:
+            raise InvalidInputError(f"input {ref.name!r} appears twice in the request")
+        views[ref.name] = _view(ref, region)
+    return views
+
+
+def _view(ref: TensorRef, region: SharedRegion) -> np.ndarray[Any, Any]:
+    if ref.dtype not in DTYPES:
+        raise InvalidInputError(
+            f"input {ref.name!r} has dtype {ref.dtype!r}, expected one of {sorted(DTYPES)}"
+        )
+    dtype = np.dtype(DTYPES[ref.dtype])
+    if len(ref.shape) > MAX_RANK or any(d < 0 for d in ref.shape):
+        raise InvalidInputError(
+            f"input {ref.name!r} has shape {list(ref.shape)}: expected at most {MAX_RANK} "
+            "non-negative dimensions"
+        )
+    expected = math.prod(ref.shape) * dtype.itemsize
+    if ref.nbytes != expected:
+        raise InvalidInputError(
+            f"input {ref.name!r} claims {ref.nbytes} bytes, but shape {list(ref.shape)} of "
+            f"{ref.dtype} needs {expected} bytes"
+        )
+    if ref.offset % dtype.itemsize:
+        raise InvalidInputError(
+            f"input {ref.name!r} at offset {ref.offset} is not aligned to its {dtype.itemsize}-byte "
+            "elements: place tensors at aligned offsets"
+        )
+    region.check_span(f"input {ref.name!r}", ref.offset, ref.nbytes)
+    return region.view(ref.offset, dtype, ref.shape)

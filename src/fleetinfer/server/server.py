@@ -1,0 +1,361 @@
+"""The node's model server: one copy of each model, shared by every local worker.
+
+Workers connect over a Unix socket (mode 0600, same user only) and attach a shared-memory region
+they own; each request names tensors inside that region, so tensors never cross the socket. One
+thread per connection reads frames; a request whose model is idle runs on that thread, otherwise it
+queues for the model's batcher (`executor.py`). A bad request gets a typed error and the server
+carries on; a frame that cannot be parsed closes only its connection. When a connection drops, the
+server unmaps and unlinks the regions it attached, so a killed worker leaves no segment behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from fleetinfer.errors import ConfigError, FleetinferError, MalformedMessageError
+from fleetinfer.server.executor import ModelExecutor, Pending
+from fleetinfer.server.metrics import HealthServer, StatsBook
+from fleetinfer.server.protocol import (
+    HEADER,
+    MAGIC,
+    MAX_BODY_BYTES,
+    PROTOCOL_VERSION,
+    Attach,
+    ControlReply,
+    ControlRequest,
+    Empty,
+    InferReply,
+    InferRequest,
+    Kind,
+    ModelInfo,
+    ModelInfoRequest,
+    decode,
+    error_reply,
+    frame,
+)
+from fleetinfer.server.registry import ModelRegistry
+from fleetinfer.server.repository import ModelRepository
+from fleetinfer.server.requests import build_pending
+from fleetinfer.server.shm import SharedRegion, unlink_segment
+
+log = logging.getLogger(__name__)
+_PEERCRED = struct.Struct("3i")
+
+
+def default_socket_path() -> Path:
+    """`$FLEETINFER_SOCKET`, else `$XDG_RUNTIME_DIR/fleetinfer/models.sock`, else under /tmp."""
+    if explicit := os.environ.get("FLEETINFER_SOCKET"):
+        return Path(explicit)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) / "fleetinfer" if runtime else Path(f"/tmp/fleetinfer-{os.getuid()}")
+    return base / "models.sock"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """How a model server runs; sizes in bytes, `metrics_port` None = no HTTP endpoint."""
+
+    models: Path
+    socket_path: Path
+    metrics_port: int | None = 0
+    max_request_bytes: int = 1 << 30
+    max_region_bytes: int = 4 << 30
+    intra_op_threads: int | None = None
+
+
+class ModelServer:
+    """Loads the repository's models and serves them on a Unix socket until `stop()`."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.stats = StatsBook()
+        self.registry = ModelRegistry(
+            ModelRepository(config.models), self.stats, intra_op_threads=config.intra_op_threads
+        )
+        self.health: HealthServer | None = None
+        self._listener: socket.socket | None = None
+        self._connections: set[Connection] = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and not self._stopped.is_set()
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.health is None else self.health.port
+
+    def start(self) -> ModelServer:
+        if self.config.metrics_port is not None:
+            self.health = HealthServer(self.stats, lambda: self.ready, self.config.metrics_port)
+            self.health.start()
+        self.registry.load_all()
+        self._listener = _listen(self.config.socket_path)
+        threading.Thread(target=self._accept_loop, name="fleetinfer-accept", daemon=True).start()
+        self._ready = True
+        log.info("serving %s on %s", self.registry.loaded(), self.config.socket_path)
+        return self
+
+    def __enter__(self) -> ModelServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        return self._stopped.wait(timeout_s)
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.config.socket_path.unlink()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            connection.shutdown()
+        self.registry.close()
+        if self.health is not None:
+            self.health.stop()
+
+    def connection_count(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopped.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                return
+            uid = _peer_uid(sock)
+            if uid != os.getuid():
+                log.warning("refused a connection from uid %d", uid)
+                sock.close()
+                continue
+            connection = Connection(self, sock, uid)
+            with self._lock:
+                self._connections.add(connection)
+            threading.Thread(target=connection.run, name="fleetinfer-conn", daemon=True).start()
+
+    def forget(self, connection: Connection) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+
+
+def _listen(path: Path) -> socket.socket:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.exists():
+        _remove_stale_socket(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        os.chmod(path, 0o600)
+        listener.listen(256)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
+def _remove_stale_socket(path: Path) -> None:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # nobody listens: a crashed server's leftover
+        return
+    finally:
+        probe.close()
+    raise ConfigError(
+        f"another model server already listens on {path}: stop it or choose another --socket"
+    )
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    _pid, uid, _gid = _PEERCRED.unpack(creds)
+    return int(uid)
+
+
+class _FrameError(Exception):
+    """The byte stream cannot be parsed any further: answer if possible, then close."""
+
+
+class Connection:
+    """One client socket: reads frames, answers them, owns the client's attached regions."""
+
+    def __init__(self, server: ModelServer, sock: socket.socket, uid: int) -> None:
+        self.server, self.sock, self.uid = server, sock, uid
+        self.region: SharedRegion | None = None
+        self.segment_names: set[str] = set()
+        self._send_lock = threading.Lock()
+        self._buf = bytearray(2 * (HEADER.size + MAX_BODY_BYTES))
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
+
+    def run(self) -> None:
+        try:
+            while True:
+                kind, request_id, body = self._read_frame()
+                self._handle(kind, request_id, body)
+        except (EOFError, OSError):
+            pass  # the client went away, possibly mid-message
+        except _FrameError as exc:
+            self._send(Kind.ERROR, 0, error_reply(_malformed(str(exc))))
+        finally:
+            self._cleanup()
+
+    def shutdown(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def reply_ok(self, request_id: int, body: InferReply) -> None:
+        self._send(Kind.OK, request_id, body)
+
+    def reply_error(self, request_id: int, exc: FleetinferError) -> None:
+        self._send(Kind.ERROR, request_id, error_reply(exc))
+
+    def _send(self, kind: int, request_id: int, body: msgspec.Struct) -> None:
+        data = frame(kind, request_id, body)
+        with self._send_lock, contextlib.suppress(OSError):
+            self.sock.sendall(data)
+
+    def _read_frame(self) -> tuple[int, int, bytes]:
+        magic, version, kind, request_id, length = HEADER.unpack(self._take(HEADER.size))
+        if magic != MAGIC or version != PROTOCOL_VERSION:
+            raise _FrameError(
+                f"frame header has magic {magic!r} version {version}, expected {MAGIC!r} "
+                f"version {PROTOCOL_VERSION}: is this a fleetinfer client of the same version?"
+            )
+        if length > MAX_BODY_BYTES:
+            raise _FrameError(f"frame body of {length} bytes is above {MAX_BODY_BYTES} bytes")
+        return kind, request_id, self._take(length)
+
+    def _take(self, n: int) -> bytes:
+        while self._end - self._start < n:
+            if self._start:
+                self._buf[: self._end - self._start] = self._buf[self._start : self._end]
+                self._start, self._end = 0, self._end - self._start
+            got = self.sock.recv_into(self._view[self._end :])
+            if got == 0:
+                raise EOFError
+            self._end += got
+        data = bytes(self._view[self._start : self._start + n])
+        self._start += n
+        if self._start == self._end:
+            self._start = self._end = 0
+        return data
+
+    def _handle(self, kind: int, request_id: int, body: bytes) -> None:
+        try:
+            self._dispatch(kind, request_id, body)
+        except FleetinferError as exc:
+            self.reply_error(request_id, exc)
+        except Exception as exc:  # a server bug must not take the server down
+            log.exception("request kind %d failed", kind)
+            self.reply_error(request_id, FleetinferError(f"internal server error: {exc!r}"))
+
+    def _dispatch(self, kind: int, request_id: int, body: bytes) -> None:
+        if kind == Kind.INFER:
+            self._infer(request_id, decode(InferRequest, body))
+        elif kind == Kind.ATTACH:
+            self._attach(decode(Attach, body))
+            self._send(Kind.OK, request_id, Empty())
+        elif kind == Kind.MODEL_INFO:
+            self._send(Kind.OK, request_id, self._model_info(decode(ModelInfoRequest, body)))
+        elif kind == Kind.CONTROL:
+            self._send(Kind.OK, request_id, self._control(decode(ControlRequest, body)))
+        else:
+            raise _malformed(
+                f"unknown frame kind {kind}: expected one of 1 (attach), 2 (infer), 3, 4"
+            )
+
+    def _infer(self, request_id: int, request: InferRequest) -> None:
+        if self.region is None:
+            raise _malformed("infer before attach: attach a shared-memory region first")
+        version = request.version or None
+        for _ in range(3):  # a reload may close the executor we resolved: resolve again
+            executor = self.server.registry.resolve(request.model, version)
+            pending = self._pending(executor, request_id, request, self.region)
+            if executor.submit(pending):
+                return
+        raise FleetinferError(f"model {request.model!r} kept changing during the request: retry")
+
+    def _pending(
+        self, executor: ModelExecutor, request_id: int, request: InferRequest, region: SharedRegion
+    ) -> Pending:
+        try:
+            return build_pending(
+                self, executor, request_id, request, region, self.server.config.max_request_bytes
+            )
+        except FleetinferError:
+            executor.stats.failed()
+            raise
+
+    def _attach(self, attach: Attach) -> None:
+        region = SharedRegion.attach(
+            attach.name,
+            attach.size_bytes,
+            max_bytes=self.server.config.max_region_bytes,
+            uid=self.uid,
+        )
+        old, self.region = self.region, region
+        self.segment_names.add(region.name)
+        if old is not None:
+            old.close()
+            if old.name != region.name:
+                unlink_segment(old.name)
+                self.segment_names.discard(old.name)
+
+    def _model_info(self, request: ModelInfoRequest) -> ModelInfo:
+        executor = self.server.registry.resolve(request.model)
+        loaded = self.server.registry.loaded().get(request.model, ())
+        return ModelInfo(request.model, loaded, executor.config.max_batch_size)
+
+    def _control(self, request: ControlRequest) -> ControlReply:
+        registry, version = self.server.registry, request.version or None
+        if request.action == "load":
+            registry.load(request.model, version)
+        elif request.action == "unload":
+            registry.unload(request.model, version)
+        elif request.action == "reload":
+            if request.model:
+                registry.reload(request.model)
+            else:
+                registry.load_all()
+        elif request.action != "status":
+            raise _malformed(
+                f"unknown control action {request.action!r}: load, unload, reload, status"
+            )
+        return ControlReply(registry.loaded())
+
+    def _cleanup(self) -> None:
+        self.server.forget(self)
+        if self.region is not None:
+            self.region.close()
+            self.region = None
+        for name in self.segment_names:
+            unlink_segment(name)
+        self.sock.close()
+
+
+def _malformed(message: str) -> FleetinferError:
+    return MalformedMessageError(message)
