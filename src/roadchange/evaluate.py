@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,16 @@ from roadchange.pipeline import (
     DEFAULT_RULE,
     AggregationRule,
     ModelLike,
+    PreparedSegment,
     SegmentDecision,
-    check_segment,
+    decide,
+    prepare_segment,
 )
 from roadchange.segfile import SUFFIX as SEGMENT_SUFFIX
-from roadchange.segfile import read_segment
 from roadchange.world import CHANGE_TYPES, Label
+
+PREFETCH = 2
+"""Segments prepared ahead of the model (one being rasterized, one waiting)."""
 
 
 class EvaluationInputError(RoadchangeError):
@@ -151,6 +156,13 @@ def segment_files(data_dir: Path) -> list[Path]:
     return files
 
 
+def _prepare(path: Path) -> PreparedSegment | SegmentFailure:
+    try:
+        return prepare_segment(path)
+    except RoadchangeError as exc:
+        return SegmentFailure(str(path), str(exc))
+
+
 def evaluate_files(
     files: Sequence[Path],
     model: ModelLike,
@@ -158,18 +170,27 @@ def evaluate_files(
     rule: AggregationRule = DEFAULT_RULE,
     on_progress: Callable[[int], None] | None = None,
 ) -> EvalReport:
-    """Run the pipeline on every file; a file that fails with a `RoadchangeError` is recorded."""
+    """Run the pipeline on every file; a file that fails with a `RoadchangeError` is recorded.
+
+    The CPU stage of the next segment (read, rasterize) runs in a helper thread while the model
+    runs on the current one, as a worker and a model server would overlap them.
+    """
     started = time.perf_counter()
     outcomes: list[Outcome] = []
     failures: list[SegmentFailure] = []
-    for done, path in enumerate(files, start=1):
-        try:
-            segment = read_segment(path)
-            outcomes.append(Outcome(segment.label, check_segment(segment, model, rule=rule)))
-        except RoadchangeError as exc:
-            failures.append(SegmentFailure(str(path), str(exc)))
-        if on_progress is not None:
-            on_progress(done)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(_prepare, path) for path in files[:PREFETCH]]
+        for done in range(1, len(files) + 1):
+            prepared = pending.pop(0).result()
+            if done + PREFETCH - 1 < len(files):
+                pending.append(pool.submit(_prepare, files[done + PREFETCH - 1]))
+            if isinstance(prepared, SegmentFailure):
+                failures.append(prepared)
+            else:
+                decision = decide(prepared, model, rule=rule)
+                outcomes.append(Outcome(prepared.segment.label, decision))
+            if on_progress is not None:
+                on_progress(done)
     return compute_report(outcomes, failures, time.perf_counter() - started)
 
 

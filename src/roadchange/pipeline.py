@@ -257,6 +257,42 @@ def load_segment(source: Path | str | Segment) -> Segment:
     return source if isinstance(source, Segment) else read_segment(Path(source))
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedSegment:
+    """The CPU stage's result: the segment, its window stations and rasters, ready for the model."""
+
+    segment: Segment
+    stations_m: Array
+    rasters: Array
+
+
+def prepare_segment(source: Path | str | Segment) -> PreparedSegment:
+    """CPU stage: load the segment and rasterize its overlapping road-aligned windows."""
+    segment = load_segment(source)
+    stations = window_stations(segment.length_m)
+    return PreparedSegment(segment, stations, rasterize_windows(segment, stations))
+
+
+def decide(
+    prepared: PreparedSegment,
+    model: ModelLike,
+    *,
+    rule: AggregationRule = DEFAULT_RULE,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> SegmentDecision:
+    """Model stage: run the windows in batches and aggregate them into the segment's decision."""
+    outputs, calls = run_windows(model, prepared.rasters, max_batch=max_batch)
+    segment = prepared.segment
+    return aggregate_windows(
+        segment.segment_id,
+        prepared.stations_m,
+        segment.length_m,
+        outputs,
+        rule=rule,
+        model_calls=calls,
+    )
+
+
 def check_segment(
     source: Path | str | Segment,
     model: ModelLike,
@@ -265,9 +301,4 @@ def check_segment(
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> SegmentDecision:
     """Decide whether one segment's map is still right, from its drives (see the module doc)."""
-    segment = load_segment(source)
-    stations = window_stations(segment.length_m)
-    outputs, calls = run_windows(model, rasterize_windows(segment, stations), max_batch=max_batch)
-    return aggregate_windows(
-        segment.segment_id, stations, segment.length_m, outputs, rule=rule, model_calls=calls
-    )
+    return decide(prepare_segment(source), model, rule=rule, max_batch=max_batch)
