@@ -22,6 +22,7 @@ from fleetinfer.cli.common import (
 from fleetinfer.cli.paths import add_working_directory_to_path
 from fleetinfer.node.agent import NodeConfig, NodeReport, NodeStarted, run_node
 from fleetinfer.node.preemption import DEFAULT_SPOT_ENDPOINT
+from fleetinfer.node.supervisor import RestartPolicy
 
 
 def run(
@@ -64,6 +65,14 @@ def run(
     max_message_bytes: Annotated[
         int, typer.Option("--max-message-bytes", help="Dead-letter bodies above this size.")
     ] = 256 * 1024,
+    restart_backoff_s: Annotated[
+        float,
+        typer.Option("--restart-backoff-s", help="First delay before restarting a crashed worker."),
+    ] = 0.5,
+    restart_backoff_max_s: Annotated[
+        float,
+        typer.Option("--restart-backoff-max-s", help="Cap of the doubling restart delay."),
+    ] = 30.0,
     json_output: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every task.")] = False,
 ) -> None:
@@ -84,6 +93,7 @@ def run(
             spot_interval_s=spot_interval_s,
             exit_when_empty=exit_when_empty,
             max_message_bytes=max_message_bytes,
+            restart=RestartPolicy(base_s=restart_backoff_s, max_s=restart_backoff_max_s),
             verbose=verbose,
         )
         report = run_node(config, on_ready=_ready_printer(json_output))

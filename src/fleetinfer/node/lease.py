@@ -20,6 +20,9 @@ from fleetinfer.queue.base import Broker, Message
 
 log = logging.getLogger("fleetinfer.worker")
 
+CHECK_EVERY_S = 0.1
+"""How often the heartbeat thread looks at the drain deadline (signal handlers cannot wake it)."""
+
 Deadline = Callable[[], float | None]
 """Returns the monotonic time at which held work must be given up, or None while not draining."""
 
@@ -73,17 +76,14 @@ class Lease:
             return True
 
     def _beat(self) -> None:
-        while not self._stop.wait(self._pause_s()):
+        next_extend_at = time.monotonic() + self.interval_s
+        while not self._stop.wait(min(CHECK_EVERY_S, self.interval_s)):
             if self._past_deadline():
                 self._abandon()
                 return
-            self._try_extend()
-
-    def _pause_s(self) -> float:
-        deadline = self._abandon_at()
-        if deadline is None:
-            return self.interval_s
-        return max(0.0, min(self.interval_s, deadline - time.monotonic()))
+            if time.monotonic() >= next_extend_at:
+                self._try_extend()
+                next_extend_at = time.monotonic() + self.interval_s
 
     def _past_deadline(self) -> bool:
         deadline = self._abandon_at()

@@ -42,6 +42,13 @@ class RestartPolicy:
     max_s: float = 30.0
     stable_s: float = 30.0
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.base_s <= self.max_s:
+            raise ConfigError(
+                f"restart backoff must satisfy 0 <= base <= max, got base {self.base_s!r} s "
+                f"and max {self.max_s!r} s"
+            )
+
     def delay_s(self, failures: int) -> float:
         return float(min(self.max_s, self.base_s * 2.0 ** min(max(failures - 1, 0), 30)))
 
