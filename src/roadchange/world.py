@@ -24,6 +24,7 @@ span. Everything is deterministic from `(seed, index)`: `np.random.default_rng([
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -389,36 +390,66 @@ def _apply_change(
     config: Preset,
     rng: np.random.Generator,
 ) -> _Layout:
+    """The true road: `layout` with `change` applied over `span`."""
     true = layout.copy()
-    if span is None or change == "new_road":
+    if span is None or change not in _CHANGES:
         return true
-    ramp = _ramp(stations, span, config.taper_m)
-    inside = ramp > 0
-    n, width = layout.lanes, layout.lane_width_m
-    last, spare, right_edge = n + 1, n + 2, n + 3
-    if change == "lane_added":
-        true.offsets_m[spare] = layout.offsets_m[last] - width * ramp
-        true.offsets_m[right_edge] -= width * ramp
-        true.exists[spare] = inside
-        true.kinds[spare] = np.where(inside, CLASS_SOLID, KIND_ABSENT)
-        true.kinds[last] = np.where(inside, CLASS_DASHED, CLASS_SOLID)
-    elif change == "lane_removed":
-        merged = ramp >= 1.0
-        true.offsets_m[last] += width * ramp
-        true.offsets_m[right_edge] += width * ramp
-        true.exists[last - 1] = ~merged
-        true.kinds[last - 1] = np.where(merged, KIND_ABSENT, CLASS_DASHED)
-    elif change == "lane_shift":
-        sign = rng.choice([-1.0, 1.0])
-        true.offsets_m[:] += sign * rng.uniform(*config.shift_m) * ramp[None, :]
-    elif change == "marking_type_changed":
-        row = int(rng.integers(1, n + 2))
-        flipped = CLASS_SOLID + CLASS_DASHED - layout.kinds[row]
-        true.kinds[row] = np.where(inside, flipped, layout.kinds[row])
-    elif change == "marking_deleted":
-        row = int(rng.integers(1, n + 2))
-        true.kinds[row] = np.where(inside, KIND_ABSENT, layout.kinds[row])
+    _CHANGES[change](true, _ramp(stations, span, config.taper_m), config, rng)
     return true
+
+
+def _add_lane(true: _Layout, ramp: FloatArray, config: Preset, rng: np.random.Generator) -> None:
+    """A new lane opens on the right; the old solid right line turns dashed."""
+    last, spare, right_edge = true.lanes + 1, true.lanes + 2, true.lanes + 3
+    inside = ramp > 0
+    true.offsets_m[spare] = true.offsets_m[last] - true.lane_width_m * ramp
+    true.offsets_m[right_edge] -= true.lane_width_m * ramp
+    true.exists[spare] = inside
+    true.kinds[spare] = np.where(inside, CLASS_SOLID, KIND_ABSENT)
+    true.kinds[last] = np.where(inside, CLASS_DASHED, CLASS_SOLID)
+
+
+def _remove_lane(true: _Layout, ramp: FloatArray, config: Preset, rng: np.random.Generator) -> None:
+    """The rightmost lane narrows to nothing; its dashed left line ends where it is gone."""
+    last, right_edge = true.lanes + 1, true.lanes + 3
+    merged = ramp >= 1.0
+    true.offsets_m[last] += true.lane_width_m * ramp
+    true.offsets_m[right_edge] += true.lane_width_m * ramp
+    true.exists[last - 1] = ~merged
+    true.kinds[last - 1] = np.where(merged, KIND_ABSENT, CLASS_DASHED)
+
+
+def _shift_lanes(true: _Layout, ramp: FloatArray, config: Preset, rng: np.random.Generator) -> None:
+    """Every line moves sideways by the same amount, left or right."""
+    sign = rng.choice([-1.0, 1.0])
+    true.offsets_m[:] += sign * rng.uniform(*config.shift_m) * ramp[None, :]
+
+
+def _flip_marking(
+    true: _Layout, ramp: FloatArray, config: Preset, rng: np.random.Generator
+) -> None:
+    """One lane line turns from solid to dashed or back."""
+    row = int(rng.integers(1, true.lanes + 2))
+    flipped = CLASS_SOLID + CLASS_DASHED - true.kinds[row]
+    true.kinds[row] = np.where(ramp > 0, flipped, true.kinds[row])
+
+
+def _delete_marking(
+    true: _Layout, ramp: FloatArray, config: Preset, rng: np.random.Generator
+) -> None:
+    """One lane line loses its paint (the lanes stay)."""
+    row = int(rng.integers(1, true.lanes + 2))
+    true.kinds[row] = np.where(ramp > 0, KIND_ABSENT, true.kinds[row])
+
+
+_CHANGES: dict[str, Callable[[_Layout, FloatArray, Preset, np.random.Generator], None]] = {
+    "lane_added": _add_lane,
+    "lane_removed": _remove_lane,
+    "lane_shift": _shift_lanes,
+    "marking_type_changed": _flip_marking,
+    "marking_deleted": _delete_marking,
+}
+"""How each local change turns the map's layout into the true one (new_road: nothing to do)."""
 
 
 def _marked_road(
