@@ -180,7 +180,7 @@ class ModelExecutor:
         except FleetinferError as exc:
             self._fail(batch, exc)
             return
-        compute_us = (time.perf_counter_ns() - start_ns) // 1000
+        self._account(batch, start_ns, (time.perf_counter_ns() - start_ns) // 1000)
         row = 0
         for p in batch:
             part = (
@@ -190,7 +190,6 @@ class ModelExecutor:
             )
             row += p.batch
             self._answer(p, part)
-        self._account(batch, start_ns, compute_us)
 
     def _fail(self, batch: list[Pending], exc: FleetinferError) -> None:
         if len(batch) > 1:

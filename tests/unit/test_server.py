@@ -1,0 +1,301 @@
+"""The shared model server in this process (a thread), through the `shared` client."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fleetinfer.client import ModelClient, SharedModelClient
+from fleetinfer.errors import (
+    InferenceError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    ServerUnavailableError,
+    UnknownModelError,
+)
+from fleetinfer.server.server import ModelServer, ServerConfig
+from fleetinfer.server.shm import SHM_DIR, our_segments
+from tests.helpers.tiny_models import (
+    affine_repository,
+    fragile_repository,
+    identity_repository,
+    write_config,
+)
+
+FEATURES = 64 * 1024  # 256 KiB per sample: large enough for the direct-output path
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """Unix socket paths are limited to 107 bytes: keep them short."""
+    path = Path(tempfile.mkdtemp(prefix="fi-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def repo(short_dir: Path) -> Path:
+    root = affine_repository(short_dir / "repo", versions={1: 2.0, 2: 3.0})
+    identity_repository(root, features=FEATURES)
+    fragile_repository(root)
+    return root
+
+
+def start_server(repo: Path, socket_path: Path, **options: int) -> ModelServer:
+    config = ServerConfig(models=repo, socket_path=socket_path, intra_op_threads=1, **options)
+    return ModelServer(config).start()
+
+
+@pytest.fixture
+def server(repo: Path, short_dir: Path) -> Iterator[ModelServer]:
+    server = start_server(repo, short_dir / "s.sock", max_request_bytes=4 << 20)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(server: ModelServer) -> Iterator[SharedModelClient]:
+    client = SharedModelClient(server.config.socket_path, connect_timeout_s=2.0)
+    yield client
+    client.close()
+
+
+def test_outputs_equal_inprocess_outputs_exactly_for_single_and_batched_requests(
+    client: SharedModelClient, repo: Path
+) -> None:
+    inprocess = ModelClient.from_mode("inprocess", repository=repo, intra_op_threads=1)
+    rng = np.random.default_rng(0)
+    for batch in (1, 3, 8):
+        x = rng.standard_normal((batch, 4)).astype(np.float32)
+        shared = client.model("affine").infer({"x": x})["y"]
+        np.testing.assert_array_equal(shared, inprocess.model("affine").infer({"x": x})["y"])
+
+
+def test_large_outputs_are_written_straight_into_the_region_and_stay_valid(
+    client: SharedModelClient,
+) -> None:
+    handle = client.model("identity")
+    first = np.full((2, FEATURES), 1.5, np.float32)
+    second = np.full((2, FEATURES), -7.0, np.float32)
+    out1 = handle.infer({"x": first})["y"]
+    out2 = handle.infer({"x": second})["y"]
+    np.testing.assert_array_equal(out1, first)  # the second request did not overwrite it
+    np.testing.assert_array_equal(out2, second)
+
+
+def test_holding_many_outputs_does_not_grow_the_region_without_bound(
+    client: SharedModelClient,
+) -> None:
+    handle = client.model("identity")
+    kept = [handle.infer({"x": np.full((1, FEATURES), i, np.float32)})["y"] for i in range(40)]
+    for i, out in enumerate(kept):
+        assert out[0, 0] == i
+    region_bytes = (SHM_DIR / our_segments_of_this_process()[0]).stat().st_size
+    assert region_bytes <= 8 << 20
+
+
+def our_segments_of_this_process() -> list[str]:
+    import os
+
+    return [name for name in our_segments() if name.startswith(f"fleetinfer-{os.getpid()}-")]
+
+
+def test_an_input_larger_than_the_region_grows_it(server: ModelServer) -> None:
+    client = SharedModelClient(server.config.socket_path, region_bytes=64 * 1024)
+    try:
+        x = np.arange(4 * FEATURES, dtype=np.float32).reshape(4, FEATURES)
+        np.testing.assert_array_equal(client.model("identity").infer({"x": x})["y"], x)
+    finally:
+        client.close()
+
+
+def test_the_version_can_be_chosen_per_request(client: SharedModelClient, repo: Path) -> None:
+    client.control("load", "affine", 1)
+    x = np.ones((1, 4), np.float32)
+    assert client.model("affine").infer({"x": x}, version=1)["y"][0, 0] == 3.0
+    assert client.model("affine").infer({"x": x})["y"][0, 0] == 4.0  # newest loaded: 2
+
+
+@pytest.mark.parametrize(
+    ("inputs", "error", "message"),
+    [
+        ({"z": np.zeros((1, 4), np.float32)}, InvalidInputError, "takes inputs"),
+        ({"x": np.zeros((1, 4), np.float64)}, InvalidInputError, "must be float32, got float64"),
+        ({"x": np.zeros((1, 5), np.float32)}, InvalidInputError, r"must have shape \[-1, 4\]"),
+        ({"x": np.zeros((9, 4), np.float32)}, InvalidInputError, "above max_batch_size 8"),
+        ({"x": [[1.0, 2.0, 3.0, 4.0]]}, InvalidInputError, "must be a numpy array"),
+        ({"x": np.array([["a"] * 4])}, InvalidInputError, "cannot travel in shared memory"),
+    ],
+)
+def test_a_bad_request_gets_the_same_typed_error_as_inprocess(
+    client: SharedModelClient, inputs: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        client.model("affine").infer(inputs)
+    assert client.model("affine").infer({"x": np.ones((1, 4), np.float32)})["y"].shape == (1, 4)
+
+
+def test_an_unknown_model_or_version_is_an_unknown_model_error(client: SharedModelClient) -> None:
+    with pytest.raises(UnknownModelError, match="'nope' is not loaded"):
+        client.model("nope")
+    with pytest.raises(UnknownModelError, match="no loaded version 7"):
+        client.model("affine").infer({"x": np.ones((1, 4), np.float32)}, version=7)
+
+
+def test_a_request_above_the_size_limit_is_refused(client: SharedModelClient) -> None:
+    x = np.zeros((8, FEATURES * 3), np.float32)  # 6 MiB, the server allows 4 MiB
+    with pytest.raises(PayloadTooLargeError, match="above the limit") as info:
+        client.model("identity").infer({"x": x})
+    assert info.value.limit_bytes == 4 << 20
+
+
+def test_an_execution_failure_is_an_inference_error_and_the_server_carries_on(
+    client: SharedModelClient,
+) -> None:
+    handle = client.model("fragile")
+    with pytest.raises(InferenceError, match="'fragile'"):
+        handle.infer({"x": np.ones((2, 3), np.float32)})
+    np.testing.assert_array_equal(handle.infer({"x": np.ones((2, 4), np.float32)})["y"], 2.0)
+
+
+def test_no_server_is_a_server_unavailable_error(short_dir: Path) -> None:
+    client = SharedModelClient(short_dir / "nobody.sock", connect_timeout_s=0.2)
+    with pytest.raises(ServerUnavailableError, match="fleetinfer serve"):
+        client.model("affine")
+
+
+def test_the_client_reconnects_after_a_server_restart(repo: Path, short_dir: Path) -> None:
+    socket_path = short_dir / "restart.sock"
+    server = start_server(repo, socket_path)
+    client = SharedModelClient(socket_path, connect_timeout_s=10.0)
+    x = np.ones((1, 4), np.float32)
+    try:
+        handle = client.model("affine")
+        assert handle.infer({"x": x})["y"][0, 0] == 4.0
+        server.stop()
+        restarted: list[ModelServer] = []
+        timer = threading.Timer(0.3, lambda: restarted.append(start_server(repo, socket_path)))
+        timer.start()
+        assert handle.infer({"x": x})["y"][0, 0] == 4.0
+        timer.join()
+        restarted[0].stop()
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_queued_requests_are_merged_into_one_execution(short_dir: Path) -> None:
+    root = short_dir / "batching"
+    affine_repository(root)
+    text = (root / "affine" / "config.toml").read_text()
+    (root / "affine" / "config.toml").write_text(
+        text + "\n[batching]\nmax_queue_delay_us = 300000\n"
+    )
+    server = start_server(root, short_dir / "b.sock")
+    client = SharedModelClient(server.config.socket_path)
+    results: dict[int, np.ndarray] = {}
+
+    def one(i: int) -> None:
+        results[i] = client.model("affine").infer({"x": np.full((1, 4), i, np.float32)})["y"]
+
+    try:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i in range(4):
+            np.testing.assert_array_equal(results[i], np.full((1, 4), 2 * i + 1, np.float32))
+        values = server.stats.get("affine", 1).snapshot()
+        assert values["nv_inference_count"] == 4
+        assert values["nv_inference_exec_count"] < 4
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_socket_and_regions_are_private_to_the_user(
+    server: ModelServer, client: SharedModelClient
+) -> None:
+    client.model("affine").infer({"x": np.ones((1, 4), np.float32)})
+    assert stat.S_IMODE(server.config.socket_path.stat().st_mode) == 0o600
+    for name in our_segments_of_this_process():
+        assert stat.S_IMODE((SHM_DIR / name).stat().st_mode) == 0o600
+
+
+def test_closing_the_client_unlinks_its_regions(server: ModelServer) -> None:
+    client = SharedModelClient(server.config.socket_path)
+    client.model("affine").infer({"x": np.ones((1, 4), np.float32)})
+    assert our_segments_of_this_process()
+    client.close()
+    assert not our_segments_of_this_process()
+
+
+def test_load_unload_and_reload_change_what_is_served(
+    client: SharedModelClient, repo: Path
+) -> None:
+    assert client.control("status") == {"affine": (2,), "fragile": (1,), "identity": (1,)}
+    assert client.control("load", "affine", 1)["affine"] == (1, 2)
+    assert client.control("unload", "affine", 2)["affine"] == (1,)
+    assert client.control("reload", "affine")["affine"] == (2,)
+    assert client.control("unload", "fragile") == {"affine": (2,), "identity": (1,)}
+    with pytest.raises(UnknownModelError):
+        client.model("fragile")
+
+
+def test_metrics_and_health_are_served_on_localhost(
+    server: ModelServer, client: SharedModelClient
+) -> None:
+    handle = client.model("affine")
+    handle.infer({"x": np.ones((2, 4), np.float32)})
+    with pytest.raises(InvalidInputError):
+        handle.infer({"x": np.ones((1, 5), np.float32)})
+    base = f"http://127.0.0.1:{server.metrics_port}"
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+    labels = 'model="affine",version="2"'
+    assert f"nv_inference_request_success{{{labels}}} 1.0" in text
+    assert f"nv_inference_request_failure{{{labels}}} 1.0" in text
+    assert f"nv_inference_count{{{labels}}} 2.0" in text
+    assert f"nv_inference_exec_count{{{labels}}} 1.0" in text
+    assert "nv_inference_compute_infer_duration_us{" in text
+    assert "nv_inference_queue_duration_us{" in text
+    for path in ("/v2/health/live", "/v2/health/ready"):
+        assert urllib.request.urlopen(base + path, timeout=5).status == 200
+
+
+def test_readiness_fails_once_the_server_stops(repo: Path, short_dir: Path) -> None:
+    server = start_server(repo, short_dir / "r.sock")
+    server._stopped.set()  # stopping: ready must say so before the HTTP endpoint goes away
+    try:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/v2/health/ready")
+        assert info.value.code == 503
+        info.value.close()
+    finally:
+        server._stopped.clear()
+        server.stop()
+
+
+def test_a_second_server_on_the_same_socket_is_refused(server: ModelServer, repo: Path) -> None:
+    from fleetinfer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="already listens"):
+        start_server(repo, server.config.socket_path, metrics_port=None)  # type: ignore[arg-type]
+
+
+def test_a_model_with_a_broken_config_does_not_load(short_dir: Path) -> None:
+    root = short_dir / "broken"
+    write_config(root / "m", "other-name")
+    from fleetinfer.errors import ModelConfigError
+
+    with pytest.raises(ModelConfigError, match="folder name"):
+        start_server(root, short_dir / "x.sock")
