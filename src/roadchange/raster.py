@@ -321,8 +321,7 @@ def _all_samples(segment: Segment) -> _Samples:
 
 def _scatter(samples: _Samples, frames: _Frames, out: Float32Array) -> None:
     """Add to `out` (N, C, H, W) one count per run of consecutive samples in one pixel."""
-    n_points = samples.points.shape[0]
-    if n_points == 0:
+    if samples.points.shape[0] == 0 or len(frames) == 0:
         return
     blocks = _Blocks.of(samples)
     keys = np.concatenate(

@@ -217,6 +217,12 @@ def test_window_stations_refuse_non_positive_lengths(length_m: float, stride_m: 
         window_stations(length_m, stride_m=stride_m)
 
 
+def test_no_stations_give_an_empty_batch() -> None:
+    segment = generate_segment(seed=1, index=0, preset="default")
+    assert rasterize_windows(segment, np.array([])).shape == (0, N_CHANNELS, WINDOW_PX, WINDOW_PX)
+    assert window_targets(segment, np.array([])).changed.shape == (0,)
+
+
 def test_stations_must_be_a_finite_1d_array() -> None:
     segment = straight_segment()
     with pytest.raises(InvalidParameterError, match="stations"):
