@@ -81,7 +81,7 @@ def read_segment(path: Path) -> Segment:
     arrays = _load_members(path)
     try:
         return _decode(arrays)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, IndexError, TypeError, ValueError) as e:
         raise SegmentFileError(path, f"its content is inconsistent ({e})") from e
 
 

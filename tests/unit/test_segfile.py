@@ -177,6 +177,8 @@ def header_with(path: Path, **fields: object) -> np.ndarray:
         ("change_type", "change_type 'potholes'"),
         ("pickle", "truncated or corrupted"),
         ("json", "not UTF-8 JSON"),
+        ("span", "inconsistent"),
+        ("drive_meta", "inconsistent"),
     ],
 )
 def test_a_well_formed_archive_with_wrong_content_is_refused(
@@ -202,6 +204,18 @@ def test_a_well_formed_archive_with_wrong_content_is_refused(
             )
         },
         "json": {"header": np.frombuffer(b"{not json", np.uint8)},
+        "span": {
+            "header": header_with(
+                path,
+                label={
+                    "changed": True,
+                    "remap": False,
+                    "change_type": "marking_deleted",
+                    "change_span_m": [3.0],
+                },
+            )
+        },
+        "drive_meta": {"header": header_with(path, drives=[{"drive_id": 0}, {"drive_id": 1}])},
     }
     if damage == "pickle":
         with np.load(path, allow_pickle=False) as npz:
