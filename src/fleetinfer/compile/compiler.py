@@ -354,6 +354,7 @@ def _latency(timing: Timing) -> LatencyInfo:
         samples_per_s=round(timing.samples_per_s, 3),
         p50_latency_ms=round(timing.p50_latency_ms, 4),
         p99_latency_ms=round(timing.p99_latency_ms, 4),
+        cpu_samples_per_s=round(timing.cpu_samples_per_s, 3),
     )
 
 

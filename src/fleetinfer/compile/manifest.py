@@ -53,6 +53,7 @@ class LatencyInfo:
     samples_per_s: float
     p50_latency_ms: float
     p99_latency_ms: float
+    cpu_samples_per_s: float = 0.0  # per process CPU-second (see fleetinfer.compile.measure)
 
 
 @dataclass(frozen=True, slots=True)

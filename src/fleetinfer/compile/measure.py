@@ -2,7 +2,9 @@
 
 The machines are shared and noisy, so variants are compared in one process, interleaved
 (A B A B ...) over several rounds; throughput is the median over rounds and the latency percentiles
-pool every call of every round. `instances` > 1 runs that many sessions in parallel threads (ONNX
+pool every call of every round. `cpu_samples_per_s` divides by the process CPU time instead of the
+wall clock: with one intra-op thread it is the cost of the work itself, whatever else the machine
+runs (with more threads it also counts ONNX Runtime's spin-waiting). `instances` > 1 runs that many sessions in parallel threads (ONNX
 Runtime releases the GIL while it runs), as the server's instance count does.
 """
 
@@ -76,12 +78,14 @@ class Timing:
     p99_latency_ms: float
     calls: int
     rounds: int
+    cpu_samples_per_s: float = 0.0  # samples per process CPU-second: robust to a busy machine
 
 
 @dataclass(frozen=True, slots=True)
 class _Round:
     samples_per_s: float
     latencies_ms: list[float]
+    cpu_samples_per_s: float
 
 
 def _loop(session: Any, inputs: Tensors, deadline: float, latencies_ms: list[float]) -> None:
@@ -98,7 +102,7 @@ def timed_round(sessions: Sequence[Any], inputs: Tensors, duration_s: float) -> 
     """Every session calls `run` in its own thread until `duration_s` has passed."""
     batch = next(iter(inputs.values())).shape[0]
     per_thread: list[list[float]] = [[] for _ in sessions]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     deadline = started + duration_s
     threads = [
         threading.Thread(target=_loop, args=(s, inputs, deadline, lat))
@@ -108,9 +112,10 @@ def timed_round(sessions: Sequence[Any], inputs: Tensors, duration_s: float) -> 
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
     latencies = [x for lat in per_thread for x in lat]
-    return _Round(len(latencies) * batch / elapsed, latencies)
+    samples = len(latencies) * batch
+    return _Round(samples / elapsed, latencies, samples / cpu_s if cpu_s > 0 else 0.0)
 
 
 def warm_up(sessions: Sequence[Any], inputs: Tensors, calls: int = 3) -> None:
@@ -136,6 +141,7 @@ def summarize(found: Sequence[_Round]) -> Timing:
         p99_latency_ms=float(np.percentile(latencies, 99)),
         calls=int(latencies.size),
         rounds=len(found),
+        cpu_samples_per_s=float(np.median([r.cpu_samples_per_s for r in found])),
     )
 
 
