@@ -111,3 +111,28 @@ def fragile_repository(root: Path, *, name: str = "fragile") -> Path:
         '[[outputs]]\nname = "y"\ndtype = "float32"\nshape = [-1, -1]\n'
     )
     return root
+
+
+def cdnet_repository(root: Path) -> Path:
+    """The shipped CDNet repository when it exists, else an untrained CDNet of the same
+    architecture exported the same way (same graph, same cost; weights do not matter for
+    transport exactness or speed). Needs torch (the `train` extra) only for the stand-in."""
+    from roadchange.pipeline import shipped_model_repository
+
+    shipped = shipped_model_repository()
+    if (shipped / "cdnet" / "config.toml").is_file():
+        return shipped
+    from roadchange.model import N_CHANGE_TYPES, build_model, export_onnx, variant_config
+
+    config = variant_config("cdnet")
+    export_onnx(build_model(config, seed=0), root / "cdnet" / "1" / "model.onnx")
+    px, channels = config.input_px, config.in_channels
+    (root / "cdnet" / "config.toml").write_text(
+        'name = "cdnet"\nmax_batch_size = 64\n'
+        f'[[inputs]]\nname = "raster"\ndtype = "float32"\nshape = [-1, {channels}, {px}, {px}]\n'
+        '[[outputs]]\nname = "changed_logit"\ndtype = "float32"\nshape = [-1]\n'
+        '[[outputs]]\nname = "remap_logit"\ndtype = "float32"\nshape = [-1]\n'
+        '[[outputs]]\nname = "type_logits"\ndtype = "float32"\n'
+        f"shape = [-1, {N_CHANGE_TYPES}]\n"
+    )
+    return root

@@ -43,7 +43,11 @@ def serve(
         max_request_bytes=max_request_bytes,
         max_region_bytes=max_region_bytes,
     )
-    server = ModelServer(config)
+    try:
+        server = ModelServer(config)
+    except FleetinferError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         server.start()
     except FleetinferError as exc:
