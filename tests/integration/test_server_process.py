@@ -135,7 +135,8 @@ class RawClient:
 def typed_error(kind: int, body: bytes) -> int:
     assert kind == Kind.ERROR, "a malformed request was answered as a success"
     reply = decode(ErrorReply, body)
-    assert reply.code in ERROR_CLASSES and reply.code != INTERNAL_ERROR, reply.message
+    assert reply.code in ERROR_CLASSES, reply.message
+    assert reply.code != INTERNAL_ERROR, reply.message
     return reply.code
 
 
@@ -272,7 +273,8 @@ def test_killed_clients_leave_no_shared_memory_behind(server: ServerProcess) -> 
     prefixes = [f"fleetinfer-{c.pid}-" for c in clients]
     try:
         for c in clients:
-            assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+            assert c.stdout is not None
+            assert c.stdout.readline().strip() == "ready"
         assert all(any(s.startswith(p) for s in our_segments()) for p in prefixes)
     finally:
         for c in clients:
