@@ -169,6 +169,27 @@ class SensorModel:
         for name in ("dropout_probability", "confusion_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidParameterError(name, getattr(self, name), "a probability in [0, 1]")
+        for name in _NON_NEGATIVE:
+            if not getattr(self, name) >= 0.0:
+                raise InvalidParameterError(name, getattr(self, name), "a number >= 0")
+        for name in ("dropout_piece_m", "fov_half_width_m"):
+            if not getattr(self, name) > 0.0:
+                raise InvalidParameterError(name, getattr(self, name), "a number > 0")
+        for name in ("occlusion_length_m", "false_positive_length_m"):
+            low, high = getattr(self, name)
+            if not 0.0 < low <= high:
+                raise InvalidParameterError(name, (low, high), "(low, high) with 0 < low <= high")
+
+
+_NON_NEGATIVE = (
+    "gps_sigma_m",
+    "yaw_sigma_deg",
+    "point_noise_m",
+    "trajectory_noise_m",
+    "lateral_wander_m",
+    "occlusions_per_km",
+    "false_positives_per_km",
+)
 
 
 @dataclass(frozen=True, eq=False)

@@ -99,6 +99,29 @@ class Preset:
     shift_m: tuple[float, float] = (0.5, 2.0)
     taper_m: float = 10.0
 
+    def __post_init__(self) -> None:
+        _check_range("length_m", self.length_m, 100.0)
+        _check_range("lanes", self.lanes, 1)
+        if self.lanes[0] > 3 or self.lanes[1] < 2:
+            raise InvalidParameterError(
+                "lanes",
+                self.lanes,
+                "a range that allows adding a lane (min <= 3) and removing one (max >= 2)",
+            )
+        _check_range("lane_width_m", self.lane_width_m, 1.0)
+        _check_range("shoulder_m", self.shoulder_m, 0.0)
+        _check_range("curvature_knot_spacing_m", self.curvature_knot_spacing_m, 1.0)
+        _check_range("change_span_m", self.change_span_m, 1.0)
+        _check_range("shift_m", self.shift_m, 0.0)
+        for name in ("max_curvature_per_m", "dash_length_m", "dash_gap_m", "taper_m"):
+            if not getattr(self, name) > 0:
+                raise InvalidParameterError(name, getattr(self, name), "a positive number")
+
+
+def _check_range(name: str, pair: tuple[float, float], minimum: float) -> None:
+    if not minimum <= pair[0] <= pair[1]:
+        raise InvalidParameterError(name, pair, f"(low, high) with {minimum} <= low <= high")
+
 
 DEFAULT = Preset(
     name="default",

@@ -187,6 +187,12 @@ def test_a_sensor_model_with_an_impossible_range_is_refused() -> None:
         dataclasses.replace(PERFECT, drives_min=5, drives_max=2)
     with pytest.raises(InvalidParameterError, match="dropout_probability"):
         dataclasses.replace(PERFECT, dropout_probability=1.5)
+    with pytest.raises(InvalidParameterError, match="gps_sigma_m"):
+        dataclasses.replace(PERFECT, gps_sigma_m=-0.1)
+    with pytest.raises(InvalidParameterError, match="fov_half_width_m"):
+        dataclasses.replace(PERFECT, fov_half_width_m=0.0)
+    with pytest.raises(InvalidParameterError, match="occlusion_length_m"):
+        dataclasses.replace(PERFECT, occlusion_length_m=(20.0, 10.0))
 
 
 def test_polylines_concatenate_keeps_each_polyline_and_its_class() -> None:

@@ -254,7 +254,25 @@ def test_bad_arguments_raise_a_typed_error_naming_the_parameter(
 
 
 def test_a_preset_object_can_be_passed_instead_of_a_name() -> None:
-    custom = dataclasses.replace(get_preset("default"), name="narrow", lanes=(1, 1))
-    segment = generate_segment(seed=1, index=0, preset=custom, change_probability=0.0)
-    assert segment.preset == "narrow"
-    assert map_lane_count(segment) == 1
+    custom = dataclasses.replace(get_preset("default"), name="two-lane", lanes=(2, 2))
+    for index in range(20):
+        segment = generate_segment(seed=1, index=index, preset=custom)
+        assert segment.preset == "two-lane"
+        assert segment.segment_id.startswith("two-lane-1-")
+        assert map_lane_count(segment) == 2 or segment.label.change_type == "new_road"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("lanes", (1, 1)),
+        ("lanes", (4, 4)),
+        ("lanes", (3, 2)),
+        ("length_m", (50.0, 80.0)),
+        ("shift_m", (2.0, 0.5)),
+        ("taper_m", 0.0),
+    ],
+)
+def test_a_preset_with_an_unusable_range_is_refused(field: str, value: object) -> None:
+    with pytest.raises(InvalidParameterError, match=field):
+        dataclasses.replace(get_preset("default"), **{field: value})
