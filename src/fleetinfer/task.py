@@ -289,11 +289,21 @@ def _import_module(spec: str, module_name: str) -> Any:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is None or not module_name.startswith(exc.name):
-            raise
+            raise ConfigError(_import_failed(spec, module_name, exc)) from exc
         raise ConfigError(
             f"cannot import module {module_name!r} of target {spec!r} ({exc}): check the name "
             "and that its folder is on PYTHONPATH (or run from the folder that holds it)"
         ) from exc
+    except Exception as exc:  # user code: a SyntaxError, or an error raised at import time
+        raise ConfigError(_import_failed(spec, module_name, exc)) from exc
+
+
+def _import_failed(spec: str, module_name: str, exc: BaseException) -> str:
+    return (
+        f"importing module {module_name!r} of target {spec!r} failed with "
+        f"{type(exc).__name__}: {exc}; fix the module (run `python -c 'import {module_name}'` "
+        "to see the traceback)"
+    )
 
 
 def _get_attribute(spec: str, module: Any, attribute: str) -> Any:

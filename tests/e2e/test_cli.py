@@ -90,8 +90,9 @@ def test_submit_reads_stdin_and_a_plain_task_name_needs_no_import(project: Path)
     done = fleetinfer(project, "submit", "double", "-", stdin='{"n": 1}\n{"n": 2}\n')
     assert done.returncode == ExitCode.OK, done.stderr
     assert "submitted 2 task(s) of 'double'" in done.stdout
-    status = fleetinfer(project, "status", "--json")
-    assert json.loads(status.stdout)["visible"] == 2
+    status = json.loads(fleetinfer(project, "status", "--json", "--sample-s", "0.2").stdout)
+    assert status["visible"] == 2
+    assert status["rates_per_s"] == {"pending": 0.0, "dead": 0.0}
 
 
 def test_dlq_redrive_puts_dead_letters_back_on_the_queue(project: Path) -> None:
@@ -142,6 +143,12 @@ def test_dlq_redrive_puts_dead_letters_back_on_the_queue(project: Path) -> None:
             "no task named 'triple'",
         ),
         (("dlq", "list", "--limit", "0"), None, ExitCode.INPUT, "--limit must be at least 1"),
+        (
+            ("run", "shopjobs:app", "--models", "nowhere"),
+            None,
+            ExitCode.CONFIG,
+            "'nowhere' is not a folder",
+        ),
     ],
 )
 def test_bad_input_gets_a_clear_message_and_a_named_exit_code(

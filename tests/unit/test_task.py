@@ -118,6 +118,7 @@ def test_an_app_of_many_tasks_has_no_single_task_name() -> None:
         ("tests.apps.missing_module:app", "cannot import module 'tests.apps.missing_module'"),
         ("tests.apps.jobs:nothing", "has no attribute 'nothing'"),
         ("tests.apps.jobs:time", "names a module, expected a fleetinfer App or a task"),
+        ("tests.apps.broken:app", "failed with RuntimeError: the config file this module reads"),
     ],
 )
 def test_bad_targets_are_config_errors(spec: str, match: str) -> None:

@@ -184,8 +184,24 @@ class NodeAgent:
     def _check_config(self) -> None:
         """Fail before starting anything: the target imports, the queue and store open."""
         resolve_target(self.config.target)
+        self._check_models()
         self._broker = open_broker(self.config.queue_url)
         open_store(self.config.results_url).close()
+
+    def _check_models(self) -> None:
+        from fleetinfer.client import CLIENT_MODES
+
+        if self.config.client_mode not in CLIENT_MODES:
+            raise ConfigError(
+                f"unknown model client {self.config.client_mode!r}: expected one of "
+                f"{', '.join(CLIENT_MODES)}"
+            )
+        models = self.config.models
+        if models is not None and not models.is_dir():
+            raise ConfigError(
+                f"model repository {str(models)!r} is not a folder: expected "
+                "<repo>/<model>/config.toml and <repo>/<model>/<version>/model.onnx"
+            )
 
     def _start_services(self) -> None:
         if self.config.metrics_port is not None:

@@ -103,7 +103,9 @@ class Supervisor:
     def _start(self, slot: _Slot) -> None:
         read_fd, write_fd = os.pipe()
         try:
-            slot.process = subprocess.Popen(self._command(write_fd), pass_fds=(write_fd,))
+            slot.process = subprocess.Popen(
+                self._command(write_fd), pass_fds=(write_fd,), stdout=_worker_stdout()
+            )
         finally:
             os.close(write_fd)
         slot.started_at = time.monotonic()
@@ -215,6 +217,14 @@ class Supervisor:
             if slot.reader is not None:
                 slot.reader.join(timeout=2.0)
             slot.process = None
+
+
+def _worker_stdout() -> int | None:
+    """Task code's prints go to the node's stderr: the agent's stdout may carry JSON lines."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced by an object without a fd
+        return None
 
 
 def _signal(process: subprocess.Popen[bytes], signum: int) -> None:
