@@ -57,3 +57,17 @@ def not_json(ctx: TaskContext, payload: Any) -> object:
 @app.task
 def needs_model(ctx: TaskContext, payload: Any) -> None:
     ctx.model("cdnet")
+
+
+@app.task
+def affine(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Run the `affine` model of the worker's repository on one row `x`."""
+    import numpy as np
+
+    outputs = ctx.model("affine").infer({"x": np.asarray([payload["x"]], dtype=np.float32)})
+    return {"y": outputs["y"][0].tolist()}
+
+
+@app.task(max_receives=2)
+def always_retry(ctx: TaskContext, payload: Any) -> None:
+    raise Retry(delay_s=0.0)

@@ -189,3 +189,15 @@ def test_events_report_each_outcome_with_its_duration(broker: Broker, store: Res
 def test_backoff_doubles_from_its_base_up_to_its_cap() -> None:
     assert [backoff_s(n, base_s=1.0, max_s=5.0) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 5, 5]
     assert backoff_s(100, base_s=10.0, max_s=1e9) == 900.0
+
+
+def test_retry_on_the_last_allowed_receive_makes_the_task_dead(
+    broker: Broker, store: ResultStore
+) -> None:
+    task_id = _send(broker, "always_retry", None)
+    worker = _worker(broker, store)
+    assert [worker.step(), worker.step()] == [Outcome.RETRIED, Outcome.DEAD]
+    result = store.get(task_id)
+    assert result is not None
+    assert result.status is TaskStatus.DEAD
+    assert [d.reason for d in broker.dead_letters()] == ["Retry: task asked to be retried in 0 s"]

@@ -3,7 +3,8 @@
 Outcomes, and what happens to the message:
 
     succeeded   result stored (idempotent by task id), then ack
-    retried     task raised Retry(delay_s): released, visible again after delay_s
+    retried     task raised Retry(delay_s): released, visible again after delay_s (a Retry on
+                the last allowed receive is a failure: the task is dead, not retried forever)
     failed      task raised anything else, receives left: released with exponential backoff
     dead        task raised on its last allowed receive: DEAD result (last error) + dead-letter
     rejected    task raised Reject(reason): REJECTED result + dead-letter with the reason
@@ -24,7 +25,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -309,7 +310,7 @@ class Worker:
         if error is None:
             self._store(envelope, task, attempt, TaskStatus.SUCCEEDED, count)
             return self._settle(lease, Outcome.SUCCEEDED, self.broker.ack)
-        if isinstance(error, Retry):
+        if isinstance(error, Retry) and count < self.max_receives(task):
             delay_s = min(max(error.delay_s, 0.0), MAX_DELAY_S)
             return self._settle(
                 lease, Outcome.RETRIED, lambda r: self.broker.release(r, delay_s=delay_s)
@@ -367,7 +368,7 @@ class Worker:
         if not self.store.put(result):
             log.info("task %s already had a result; the first one stays", envelope.id)
 
-    def _settle(self, lease: Lease, outcome: Outcome, action: Any) -> Outcome:
+    def _settle(self, lease: Lease, outcome: Outcome, action: Callable[[str], None]) -> Outcome:
         try:
             lease.settle(action)
         except ReceiptExpiredError as exc:
