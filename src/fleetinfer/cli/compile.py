@@ -299,19 +299,24 @@ def profile_cmd(
 
 def _print_profile(report: ProfileReport, written: object) -> None:
     table = Table(title=f"{report.model} on {report.host}")
-    for column in (
-        "version",
+    headers = (
+        "ver",
         "precision",
         "batch",
         "threads",
-        "instances",
+        "inst",
         "samples/s",
         "p50 ms",
         "p99 ms",
-        "memory MB",
+        "PSS MB",
         "note",
-    ):
-        table.add_column(column, justify="left" if column in ("precision", "note") else "right")
+    )
+    for column in headers:
+        table.add_column(
+            column,
+            justify="left" if column in ("precision", "note") else "right",
+            no_wrap=column != "note",
+        )
     for row in sorted(report.rows, key=lambda r: -r.samples_per_s):
         mark = " *" if row == report.best else (" (default)" if row == report.default else "")
         table.add_row(

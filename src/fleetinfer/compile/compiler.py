@@ -15,13 +15,15 @@ policy gets N added. A refused publish still leaves version N on disk, unserved,
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import functools
 import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -189,8 +191,7 @@ def _compile_in(
     performance = _performance(
         request, target, source.path, artifact, session_config, config, calibration, on_step
     )
-    return _commit(
-        work,
+    built = _Built(
         request,
         target,
         source,
@@ -200,6 +201,7 @@ def _compile_in(
         performance,
         verdict,
     )
+    return _commit(work, built)
 
 
 def _calibration(
@@ -413,39 +415,29 @@ def policy_update(
     return {"policy": "specific", "versions": served}
 
 
-def _commit(
-    work: Path,
-    request: CompileRequest,
-    target: Target,
-    source: ModelVersion,
-    quantization: QuantizationInfo,
-    session_config: dict[str, str],
-    accuracy: AccuracyInfo,
-    performance: PerformanceInfo,
-    verdict: GateVerdict,
-) -> CompileResult:
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """Everything known about a built artifact before it gets its version number."""
+
+    request: CompileRequest
+    target: Target
+    source: ModelVersion
+    quantization: QuantizationInfo
+    session_config: dict[str, str]
+    accuracy: AccuracyInfo
+    performance: PerformanceInfo
+    verdict: GateVerdict
+
+
+def _commit(work: Path, built: _Built) -> CompileResult:
+    request, verdict = built.request, built.verdict
     repository = ModelRepository(request.repository)
     folder = repository.root / request.model
-    version = next_version(folder)
-    publish = request.publish and (verdict.passed or request.force)
-    manifest = Manifest(
-        model=request.model,
-        version=version,
-        source_version=source.version,
-        source_sha256=file_sha256(source.path),
-        artifact_sha256=file_sha256(work / MODEL_FILE),
-        target=target.name,
-        precision=request.precision,
-        quantization=quantization,
-        offline_optimization=target.offline_optimization,
-        session_config=session_config,
-        accuracy=accuracy,
-        performance=performance,
-        tools=tool_versions(),
-        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        published=publish,
-    )
-    _install(work, folder, version, manifest, repository, publish)
+    with _model_lock(folder):  # two compiles of one model must not take the same number
+        version = next_version(folder)
+        publish = request.publish and (verdict.passed or request.force)
+        manifest = _manifest(built, work, version, publish)
+        _install(work, folder, version, manifest, repository, publish)
     if request.publish and not publish:
         raise AccuracyGateError(
             model=request.model,
@@ -457,6 +449,36 @@ def _commit(
         )
     return CompileResult(
         version=version, folder=folder / str(version), manifest=manifest, published=publish
+    )
+
+
+@contextlib.contextmanager
+def _model_lock(folder: Path) -> Iterator[None]:
+    with (folder / ".compile.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _manifest(built: _Built, work: Path, version: int, publish: bool) -> Manifest:
+    return Manifest(
+        model=built.request.model,
+        version=version,
+        source_version=built.source.version,
+        source_sha256=file_sha256(built.source.path),
+        artifact_sha256=file_sha256(work / MODEL_FILE),
+        target=built.target.name,
+        precision=built.request.precision,
+        quantization=built.quantization,
+        offline_optimization=built.target.offline_optimization,
+        session_config=built.session_config,
+        accuracy=built.accuracy,
+        performance=built.performance,
+        tools=tool_versions(),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        published=publish,
     )
 
 
