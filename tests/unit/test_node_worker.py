@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,3 +202,28 @@ def test_retry_on_the_last_allowed_receive_makes_the_task_dead(
     assert result is not None
     assert result.status is TaskStatus.DEAD
     assert [d.reason for d in broker.dead_letters()] == ["Retry: task asked to be retried in 0 s"]
+
+
+def test_the_heartbeat_keeps_a_long_task_invisible_past_its_visibility_timeout(
+    tmp_path: Path, store: ResultStore
+) -> None:
+    broker = open_broker(f"sqlite:///{tmp_path}/hb.db?visibility_timeout_s=0.6")
+    task_id = _send(broker, "nap", {"s": 1.5})
+    seen_by_others: list[object] = []
+    stop = threading.Event()
+
+    def other_consumer() -> None:
+        with open_broker(broker.url) as other:
+            while not stop.wait(0.1):
+                seen_by_others.extend(other.receive(max_messages=1))
+
+    thread = threading.Thread(target=other_consumer)
+    thread.start()
+    try:
+        assert _worker(broker, store).step() is Outcome.SUCCEEDED
+    finally:
+        stop.set()
+        thread.join()
+    assert seen_by_others == []
+    assert store.get(task_id) is not None
+    assert broker.stats().pending == 0
