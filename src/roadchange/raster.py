@@ -428,6 +428,24 @@ def _coverage(segment: Segment, frames: _Frames) -> Float32Array:
 _GROUP_SHIFT_M = 1.0e4  # separates (window, drive) groups interpolated in one np.interp call
 
 
+def _near_vertices(
+    trajectory: FloatArray, frames: _Frames
+) -> tuple[IntArray, IntArray, FloatArray, FloatArray]:
+    """(window, vertex) pairs with the vertex within `_NEAR_M` of the window centre along both
+    window axes, sorted by window then vertex, and the vertex's (u, v) in that window."""
+    offset = (frames.centres * frames.tangents).sum(axis=1)
+    along = frames.tangents @ trajectory.T - offset[:, None]  # (N, T)
+    window, vertex = np.nonzero(np.abs(along) <= _NEAR_M)
+    rel = trajectory[vertex] - frames.centres[window]
+    lateral = (rel * frames.normals[window]).sum(axis=1)
+    near = np.abs(lateral) <= _NEAR_M
+    window, vertex = window[near], vertex[near]
+    return window, vertex, along[window, vertex], lateral[near]
+
+
+_NEAR_M = 2 * HALF_WINDOW_M + 20.0
+
+
 def _trajectories_in_windows(segment: Segment, frames: _Frames) -> tuple[FloatArray, BoolArray]:
     """Per window, drive and row: the trajectory's lateral offset and whether it saw anything.
 
@@ -439,18 +457,15 @@ def _trajectories_in_windows(segment: Segment, frames: _Frames) -> tuple[FloatAr
     trajectory = np.concatenate([d.trajectory_m for d in segment.drives]).astype(np.float64)
     seen = np.concatenate([d.seen for d in segment.drives]).astype(np.float64)
     drive_of = np.repeat(np.arange(n_drives), [d.trajectory_m.shape[0] for d in segment.drives])
-    rel = trajectory[None, :, :] - frames.centres[:, None, :]
-    u = np.einsum("ntk,nk->nt", rel, frames.tangents)
-    v = np.einsum("ntk,nk->nt", rel, frames.normals)
-    window, vertex = np.nonzero(np.hypot(u, v) <= 2 * HALF_WINDOW_M + 20.0)
+    window, vertex, u, v = _near_vertices(trajectory, frames)
     shape = (n_windows, n_drives, WINDOW_PX)
     if window.shape[0] < 2:
         return np.zeros(shape), np.zeros(shape, bool)
     group = window * n_drives + drive_of[vertex]
-    known_u = u[window, vertex] + group * _GROUP_SHIFT_M
+    known_u = u + group * _GROUP_SHIFT_M
     n_groups = n_windows * n_drives
     rows = (_row_u()[None, :] + np.arange(n_groups)[:, None] * _GROUP_SHIFT_M).reshape(shape)
-    lateral = np.interp(rows.ravel(), known_u, v[window, vertex]).reshape(shape)
+    lateral = np.interp(rows.ravel(), known_u, v).reshape(shape)
     seen_fraction = np.interp(rows.ravel(), known_u, seen[vertex]).reshape(shape)
     first = np.searchsorted(group, np.arange(n_groups))
     last = np.searchsorted(group, np.arange(n_groups), side="right") - 1
