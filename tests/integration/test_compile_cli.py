@@ -40,10 +40,23 @@ def _run(*args: str) -> tuple[int, str, str]:
 
 def _compile_int8(model_dir: Path, tmp_path: Path, *extra: str) -> tuple[int, str, str]:
     calibration = _npz_folder(tmp_path / "cal", tiny_conv_inputs(24))
-    evaluation = _npz_folder(tmp_path / "eval", tiny_conv_eval_inputs(model_dir / "1" / "model.onnx", 48))
+    evaluation = _npz_folder(
+        tmp_path / "eval", tiny_conv_eval_inputs(model_dir / "1" / "model.onnx", 48)
+    )
     return _run(
-        "compile", str(model_dir), "--precision", "int8", "--calibration", str(calibration),
-        "--evaluation", str(evaluation), "--bench-rounds", "1", "--bench-seconds", "0.05", *extra,
+        "compile",
+        str(model_dir),
+        "--precision",
+        "int8",
+        "--calibration",
+        str(calibration),
+        "--evaluation",
+        str(evaluation),
+        "--bench-rounds",
+        "1",
+        "--bench-seconds",
+        "0.05",
+        *extra,
     )
 
 
@@ -51,31 +64,48 @@ def test_compile_json_reports_the_version_and_its_manifest(model_dir: Path, tmp_
     code, out, err = _compile_int8(model_dir, tmp_path, "--json", "--publish")
     assert code == 0, err
     report = json.loads(out)
-    assert report["version"] == 2 and report["published"] is True
+    assert report["version"] == 2
+    assert report["published"] is True
     manifest = report["manifest"]
-    assert manifest["precision"] == "int8" and manifest["accuracy"]["gate"] == "passed"
+    assert manifest["precision"] == "int8"
+    assert manifest["accuracy"]["gate"] == "passed"
     assert manifest["performance"]["measured"] is True
 
 
-def test_zero_calibration_is_refused_with_its_own_exit_code(model_dir: Path, tmp_path: Path) -> None:
-    evaluation = _npz_folder(tmp_path / "eval", tiny_conv_eval_inputs(model_dir / "1" / "model.onnx", 48))
+def test_zero_calibration_is_refused_with_its_own_exit_code(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    evaluation = _npz_folder(
+        tmp_path / "eval", tiny_conv_eval_inputs(model_dir / "1" / "model.onnx", 48)
+    )
     code, _, err = _run(
-        "compile", str(model_dir), "--precision", "int8", "--calibration", "zeros",
-        "--evaluation", str(evaluation), "--publish", "--no-measure",
+        "compile",
+        str(model_dir),
+        "--precision",
+        "int8",
+        "--calibration",
+        "zeros",
+        "--evaluation",
+        str(evaluation),
+        "--publish",
+        "--no-measure",
     )
     assert code == EXIT_GATE
-    assert "accuracy gate refused to publish" in err and "drop of" in err
+    assert "accuracy gate refused to publish" in err
+    assert "drop of" in err
     assert ModelRepository(model_dir.parent).versions("tinyconv") == [1]
 
 
 def test_unknown_precision_exits_with_the_config_code(model_dir: Path) -> None:
     code, _, err = _run("compile", str(model_dir), "--precision", "int4")
-    assert code == 3 and "unknown precision 'int4'" in err
+    assert code == 3
+    assert "unknown precision 'int4'" in err
 
 
 def test_a_folder_without_config_is_named(tmp_path: Path) -> None:
     code, _, err = _run("compile", str(tmp_path))
-    assert code == 3 and "not a model folder" in err
+    assert code == 3
+    assert "not a model folder" in err
 
 
 def test_tampering_with_a_published_model_makes_the_server_refuse_it(
@@ -96,8 +126,19 @@ def test_tampering_with_a_published_model_makes_the_server_refuse_it(
 
 def test_profile_json_picks_and_writes_the_best_configuration(model_dir: Path) -> None:
     code, out, err = _run(
-        "profile", str(model_dir), "--batch-sizes", "1,2", "--threads", "1", "--rounds", "1",
-        "--seconds", "0.05", "--no-memory", "--json", "--write",
+        "profile",
+        str(model_dir),
+        "--batch-sizes",
+        "1,2",
+        "--threads",
+        "1",
+        "--rounds",
+        "1",
+        "--seconds",
+        "0.05",
+        "--no-memory",
+        "--json",
+        "--write",
     )
     assert code == 0, err
     report = json.loads(out)
@@ -110,8 +151,18 @@ def test_profile_json_picks_and_writes_the_best_configuration(model_dir: Path) -
 
 def test_profile_table_marks_the_best_and_the_default(model_dir: Path) -> None:
     code, out, err = _run(
-        "profile", str(model_dir), "--batch-sizes", "1", "--threads", "1", "--rounds", "1",
-        "--seconds", "0.05", "--no-memory",
+        "profile",
+        str(model_dir),
+        "--batch-sizes",
+        "1",
+        "--threads",
+        "1",
+        "--rounds",
+        "1",
+        "--seconds",
+        "0.05",
+        "--no-memory",
     )
     assert code == 0, err
-    assert "best (*)" in out and "default" in out
+    assert "best (*)" in out
+    assert "default" in out

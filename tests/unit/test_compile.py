@@ -69,11 +69,13 @@ def test_int8_with_representative_calibration_passes_the_gate_and_records_it(
     )
     manifest = result.manifest
     assert manifest.accuracy.gate == "passed", manifest.accuracy
-    assert manifest.quantization.mode == "static" and manifest.quantization.per_channel
+    assert manifest.quantization.mode == "static"
+    assert manifest.quantization.per_channel
     assert manifest.quantization.calibration_batches == 32
     assert len(manifest.quantization.calibration_sha256) == 64
     assert manifest.accuracy.max_abs_diff["logits"] > 0  # it really is a different model
-    assert manifest.performance.measured and manifest.performance.speedup > 0
+    assert manifest.performance.measured
+    assert manifest.performance.speedup > 0
     ops = {n.op_type for n in onnx.load(str(result.folder / "model.onnx")).graph.node}
     assert ops & {"QuantizeLinear", "QLinearConv", "DequantizeLinear"}, ops
 
@@ -82,7 +84,7 @@ def test_all_zero_calibration_is_refused_by_the_gate_with_the_drop(
     repo: Path, evaluator: InputsEvaluator
 ) -> None:
     config = ModelRepository(repo).config("tinyconv")
-    with pytest.raises(AccuracyGateError, match="agreement fell from 1.0000") as caught:
+    with pytest.raises(AccuracyGateError, match=r"agreement fell from 1\.0000") as caught:
         compile_model(
             _request(repo, precision="int8", publish=True, measure=False),
             calibration=ZeroSource(config),
@@ -102,7 +104,8 @@ def test_force_publishes_despite_a_failed_gate_and_says_so(
         calibration=ZeroSource(config),
         evaluator=evaluator,
     )
-    assert result.published and result.manifest.accuracy.gate == "forced"
+    assert result.published
+    assert result.manifest.accuracy.gate == "forced"
 
 
 def test_static_int8_without_calibration_says_what_to_pass(repo: Path) -> None:
@@ -112,7 +115,9 @@ def test_static_int8_without_calibration_says_what_to_pass(repo: Path) -> None:
 
 def test_dynamic_int8_needs_no_calibration(repo: Path) -> None:
     result = compile_model(
-        _request(repo, precision="int8", measure=False, quantization=QuantizationOptions(mode="dynamic"))
+        _request(
+            repo, precision="int8", measure=False, quantization=QuantizationOptions(mode="dynamic")
+        )
     )
     assert result.manifest.quantization.mode == "dynamic"
     assert result.manifest.quantization.calibration_sha256 == ""
@@ -142,9 +147,15 @@ def test_compiling_a_compiled_version_starts_from_its_fp32_source(
 
 
 def test_inputs_of_the_compiled_model_match_the_source_interface(repo: Path) -> None:
-    result = compile_model(_request(repo, measure=False, precision="int8"), calibration=ArraySource(tiny_conv_inputs(8)))
+    result = compile_model(
+        _request(repo, measure=False, precision="int8"),
+        calibration=ArraySource(tiny_conv_inputs(8)),
+    )
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(result.folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(result.folder / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     out = session.run(None, {"x": np.zeros((3, 3, 16, 16), np.float32)})[0]
-    assert out.shape == (3, 4) and out.dtype == np.float32
+    assert out.shape == (3, 4)
+    assert out.dtype == np.float32

@@ -55,7 +55,9 @@ def test_a_version_that_failed_its_gate_is_never_picked(repo: Path) -> None:
 
 
 def test_precisions_are_the_versions_on_disk(repo: Path) -> None:
-    request = CompileRequest(repository=repo, model="tinyconv", precision="int8", measure=False, threshold=1.0)
+    request = CompileRequest(
+        repository=repo, model="tinyconv", precision="int8", measure=False, threshold=1.0
+    )
     compile_model(request, calibration=ArraySource(tiny_conv_inputs(8)))
     report = profile_model(repo, "tinyconv", QUICK)
     assert {r.precision for r in report.rows} == {"fp32", "int8"}
@@ -77,3 +79,16 @@ def test_an_empty_sweep_is_refused() -> None:
 def test_profile_of_unknown_versions_names_the_ones_on_disk(repo: Path) -> None:
     with pytest.raises(ConfigError, match="has \\[1\\]"):
         profile_model(repo, "tinyconv", ProfileSpace(versions=(7,)))
+
+
+def test_instances_run_in_parallel_sessions(repo: Path) -> None:
+    space = ProfileSpace(
+        batch_sizes=(1,),
+        intra_op_threads=(1,),
+        instances=(1, 2),
+        rounds=1,
+        duration_s=0.05,
+        measure_memory=False,
+    )
+    report = profile_model(repo, "tinyconv", space)
+    assert {r.instances for r in report.rows} == {1, 2}
