@@ -33,7 +33,7 @@ from fleetinfer.compile.targets import (
     session_config_entries,
     unavailable_reason,
 )
-from fleetinfer.errors import ModelConfigError
+from fleetinfer.errors import ConfigError, ModelConfigError
 from fleetinfer.server.repository import parse_config
 from tests.helpers.tiny_conv import tiny_conv_inputs, tiny_conv_repository
 
@@ -168,6 +168,11 @@ def test_gate_fails_on_a_drop_above_the_threshold_and_reports_it() -> None:
     assert not verdict.passed
     assert verdict.drop == pytest.approx(0.05)
     assert gate(comparison, "macc", 0.06).passed
+
+
+def test_a_gate_metric_the_evaluator_never_reports_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="'macc' is not among"):
+        gate(Comparison({"agreement": 1.0}, {"agreement": 1.0}, {}), "macc", 0.01)
 
 
 def _manifest() -> Manifest:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fleetinfer.compile.calibration import Tensors
+from fleetinfer.errors import ConfigError
 
 Array = np.ndarray[Any, Any]
 AGREEMENT = "agreement"
@@ -129,7 +130,10 @@ class GateVerdict:
 def gate(comparison: Comparison, metric: str, threshold: float) -> GateVerdict:
     """Passed when the metric drops by at most `threshold` (a gain always passes)."""
     if metric not in comparison.source or metric not in comparison.compiled:
-        raise KeyError(f"the evaluator did not report its gate metric {metric!r}")
+        raise ConfigError(
+            f"the evaluator's gate metric {metric!r} is not among the metrics it reported "
+            f"({sorted(comparison.compiled)}): fix the evaluator's `metric` or its `evaluate`"
+        )
     source, compiled = comparison.source[metric], comparison.compiled[metric]
     drop = source - compiled
     return GateVerdict(metric, source, compiled, drop, threshold, drop <= threshold + 1e-12)
