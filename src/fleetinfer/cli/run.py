@@ -118,7 +118,10 @@ def _ready_printer(json_output: bool) -> Callable[[NodeStarted], None]:
             )
             return
         where = f", metrics {started.metrics_url}/metrics" if started.metrics_url else ""
-        stderr.print(f"node {started.pid}: {plan.workers} workers ({_sizing_text(started)}){where}")
+        stderr.print(
+            f"node {started.pid}: {plan.workers} workers ({_sizing_text(started)}){where}",
+            soft_wrap=True,
+        )
 
     return ready
 
@@ -147,5 +150,6 @@ def _print_report(report: NodeReport, json_output: bool) -> None:
     done = ", ".join(f"{k} {v}" for k, v in report.outcomes.items() if v) or "no tasks"
     stderr.print(
         f"node stopped ({report.reason}) after {report.duration_s:.1f} s: {done}; "
-        f"{report.restarts} restart(s), drain {report.drain_s:.1f} s"
+        f"{report.restarts} restart(s), drain {report.drain_s:.1f} s",
+        soft_wrap=True,
     )
