@@ -14,15 +14,17 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
 from fleetinfer.errors import ConfigError, ServerUnavailableError
 from fleetinfer.server.channel import Channel, ChannelBrokenError
+from fleetinfer.server.protocol import default_socket_path
 from fleetinfer.server.repository import ModelRepository
-from fleetinfer.server.server import default_socket_path
-from fleetinfer.server.session import OrtModel
+
+if TYPE_CHECKING:  # onnxruntime is imported only by the in-process mode
+    from fleetinfer.server.session import OrtModel
 
 CLIENT_MODES = ("inprocess", "shared")
 
@@ -93,6 +95,8 @@ class InProcessModelClient(ModelClient):
         session = self._by_request.get((name, version))
         if session is not None:
             return session
+        from fleetinfer.server.session import OrtModel
+
         resolved = self.repository.resolve(name, version)
         key = (name, resolved.version)
         with self._lock:

@@ -17,7 +17,8 @@ from typing import Annotated
 import typer
 
 from fleetinfer.errors import FleetinferError
-from fleetinfer.server.server import ModelServer, ServerConfig, default_socket_path
+from fleetinfer.server.protocol import default_socket_path
+from fleetinfer.server.server import ModelServer, ServerConfig
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -31,6 +32,7 @@ def serve(
     metrics_port: int,
     *,
     intra_op_threads: int | None = None,
+    instance_count: int | None = None,
     max_request_bytes: int = 1 << 30,
     max_region_bytes: int = 4 << 30,
 ) -> int:
@@ -40,6 +42,7 @@ def serve(
         socket_path=socket_path or default_socket_path(),
         metrics_port=None if metrics_port < 0 else metrics_port,
         intra_op_threads=intra_op_threads,
+        instance_count=instance_count,
         max_request_bytes=max_request_bytes,
         max_region_bytes=max_region_bytes,
     )
@@ -95,6 +98,10 @@ def serve_command(
     intra_op_threads: Annotated[
         int | None, typer.Option("--intra-op-threads", help="ONNX Runtime threads per execution.")
     ] = None,
+    instances: Annotated[
+        int | None,
+        typer.Option("--instances", help="Concurrent executions per model (default: config.toml)."),
+    ] = None,
     max_request_mb: Annotated[
         int, typer.Option("--max-request-mb", help="Largest request (all inputs), in MiB.")
     ] = 1024,
@@ -108,6 +115,7 @@ def serve_command(
         socket,
         metrics_port,
         intra_op_threads=intra_op_threads,
+        instance_count=instances,
         max_request_bytes=max_request_mb << 20,
     )
     raise typer.Exit(code)

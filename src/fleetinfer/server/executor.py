@@ -65,10 +65,10 @@ class Pending:
 class ModelExecutor:
     """Runs one `OrtModel` for many connections, batching what queues up."""
 
-    def __init__(self, model: OrtModel, stats: ModelStats) -> None:
+    def __init__(self, model: OrtModel, stats: ModelStats, *, instances: int | None = None) -> None:
         self.model, self.config, self.stats = model, model.config, stats
         self.version = model.model.version
-        self.instances = max(1, self.config.instance_count)
+        self.instances = max(1, instances or self.config.instance_count)
         self.batchable = all(s.shape[0] == -1 for s in self.config.inputs + self.config.outputs)
         self.delay_ns = self.config.batching.max_queue_delay_us * 1000
         self._direct = self.batchable and all(-1 not in s.shape[1:] for s in self.config.outputs)

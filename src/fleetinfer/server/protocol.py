@@ -9,7 +9,9 @@ same exception class from `fleetinfer.errors`. Nothing is ever pickled.
 
 from __future__ import annotations
 
+import os
 import struct
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -183,3 +185,12 @@ def rebuild_error(reply: ErrorReply) -> FleetinferError:
 
 def aligned(offset: int) -> int:
     return (offset + ALIGNMENT_BYTES - 1) // ALIGNMENT_BYTES * ALIGNMENT_BYTES
+
+
+def default_socket_path() -> Path:
+    """`$FLEETINFER_SOCKET`, else `$XDG_RUNTIME_DIR/fleetinfer/models.sock`, else under /tmp."""
+    if explicit := os.environ.get("FLEETINFER_SOCKET"):
+        return Path(explicit)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) / "fleetinfer" if runtime else Path(f"/tmp/fleetinfer-{os.getuid()}")
+    return base / "models.sock"

@@ -26,10 +26,15 @@ class ModelRegistry:
     """Loaded model versions of one repository."""
 
     def __init__(
-        self, repository: ModelRepository, stats: StatsBook, *, intra_op_threads: int | None = None
+        self,
+        repository: ModelRepository,
+        stats: StatsBook,
+        *,
+        intra_op_threads: int | None = None,
+        instance_count: int | None = None,
     ) -> None:
         self.repository, self.stats = repository, stats
-        self.intra_op_threads = intra_op_threads
+        self.intra_op_threads, self.instance_count = intra_op_threads, instance_count
         self._models: Loaded = {}
         self._digests: dict[tuple[str, int], str] = {}
         self._write = threading.Lock()
@@ -108,7 +113,7 @@ class ModelRegistry:
         )
         self._digests[(name, version)] = file_sha256(path)
         log.info("loaded %s version %d with %s", name, version, model.providers)
-        return ModelExecutor(model, self.stats.get(name, version))
+        return ModelExecutor(model, self.stats.get(name, version), instances=self.instance_count)
 
     def _swap(self, name: str, versions: dict[int, ModelExecutor]) -> None:
         old = self._models.get(name, {})

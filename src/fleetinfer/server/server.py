@@ -51,15 +51,6 @@ log = logging.getLogger(__name__)
 _PEERCRED = struct.Struct("3i")
 
 
-def default_socket_path() -> Path:
-    """`$FLEETINFER_SOCKET`, else `$XDG_RUNTIME_DIR/fleetinfer/models.sock`, else under /tmp."""
-    if explicit := os.environ.get("FLEETINFER_SOCKET"):
-        return Path(explicit)
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) / "fleetinfer" if runtime else Path(f"/tmp/fleetinfer-{os.getuid()}")
-    return base / "models.sock"
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
     """How a model server runs; sizes in bytes, `metrics_port` None = no HTTP endpoint."""
@@ -70,6 +61,7 @@ class ServerConfig:
     max_request_bytes: int = 1 << 30
     max_region_bytes: int = 4 << 30
     intra_op_threads: int | None = None
+    instance_count: int | None = None  # None: each model's config.toml decides
 
 
 class ModelServer:
@@ -79,7 +71,10 @@ class ModelServer:
         self.config = config
         self.stats = StatsBook()
         self.registry = ModelRegistry(
-            ModelRepository(config.models), self.stats, intra_op_threads=config.intra_op_threads
+            ModelRepository(config.models),
+            self.stats,
+            intra_op_threads=config.intra_op_threads,
+            instance_count=config.instance_count,
         )
         self.health: HealthServer | None = None
         self._listener: socket.socket | None = None
