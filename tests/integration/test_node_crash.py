@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,14 @@ QUEUE_OPTIONS = "visibility_timeout_s=2&max_receives=50"
 @pytest.fixture(params=["sqlite", "redis"])
 def queue_url(
     request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, unique_name: str
-) -> str:
+) -> Iterator[str]:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/queue.db?{QUEUE_OPTIONS}"
-    return f"{redis_url}?queue={unique_name}&{QUEUE_OPTIONS}"
+        yield f"sqlite:///{tmp_path}/queue.db?{QUEUE_OPTIONS}"
+        return
+    url = f"{redis_url}?queue={unique_name}&{QUEUE_OPTIONS}"
+    yield url
+    with open_broker(url) as broker:
+        broker.purge()
 
 
 def test_random_worker_kills_lose_no_task_and_duplicate_no_result(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,14 @@ MAX_BYTES = 4096
 @pytest.fixture(params=["sqlite", "redis"])
 def queue_url(
     request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, unique_name: str
-) -> str:
+) -> Iterator[str]:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/queue.db?max_receives=10"
-    return f"{redis_url}?queue={unique_name}&max_receives=10"
+        yield f"sqlite:///{tmp_path}/queue.db?max_receives=10"
+        return
+    url = f"{redis_url}?queue={unique_name}&max_receives=10"
+    yield url
+    with open_broker(url) as broker:
+        broker.purge()
 
 
 def test_failing_malformed_unknown_and_oversized_messages_are_dead_lettered_with_reasons(
