@@ -50,6 +50,16 @@ def worker_main(mode: str, target: str, model: str, threads: int) -> None:
     """A benchmark worker: reads commands on stdin, answers one line each on stdout."""
     from fleetinfer.client import ModelClient
 
+    if mode == "floor":  # what any worker costs before it touches a model
+        print("ready", flush=True)
+        for line in sys.stdin:
+            if line.startswith("pss"):
+                print(json.dumps({"pss_bytes": pss_bytes(os.getpid())}), flush=True)
+            elif not line.startswith("run"):
+                return
+            else:
+                print(json.dumps({"samples": 0, "elapsed_s": 1.0}), flush=True)
+        return
     if mode == "shared":
         client = ModelClient.from_mode("shared", socket_path=target)
     else:
@@ -228,6 +238,8 @@ def overhead(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def memory(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     n = args.memory_workers
+    with workers("floor", repo, "cdnet", 1, n) as idle:
+        floor = _total_pss(idle)
     with workers("inprocess", repo, "cdnet", 1, n) as local:
         inprocess = _total_pss(local)
     sock = tmp / "m.sock"
@@ -241,6 +253,9 @@ def memory(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         "server_pss_mb": server_pss / 2**20,
         "ratio": clients / inprocess,
         "target_ratio_max": TARGETS["memory_ratio_max"],
+        "floor_total_pss_mb": floor / 2**20,
+        "floor_is": "the same workers with numpy and fleetinfer.client imported, no model",
+        "ratio_above_floor": (clients - floor) / (inprocess - floor),
     }
 
 
