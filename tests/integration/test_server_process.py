@@ -61,7 +61,7 @@ def short_dir() -> Iterator[Path]:
 
 
 def start_server_process(repo: Path, socket_path: Path, log_path: Path) -> ServerProcess:
-    command = [sys.executable, "-m", "fleetinfer.cli.serve", "--models", str(repo)]
+    command = [sys.executable, "-m", "fleetinfer", "serve", "--models", str(repo)]
     command += ["--socket", str(socket_path), "--metrics-port", "0", "--intra-op-threads", "1"]
     command += ["--max-request-mb", "16"]
     with log_path.open("w") as log:
@@ -371,3 +371,24 @@ def test_the_server_process_refuses_a_missing_repository(short_dir: Path) -> Non
     )
     assert result.returncode == 2
     assert "is not a directory" in result.stderr
+
+
+def test_sighup_rereads_the_repository(short_dir: Path) -> None:
+    repo = affine_repository(short_dir / "repo", versions={1: 2.0})
+    server = start_server_process(repo, short_dir / "hup.sock", short_dir / "server.log")
+    client = SharedModelClient(server.socket_path)
+    try:
+        assert client.versions("affine") == (1,)
+        affine_model(repo / "affine" / "2" / "model.onnx", scale=3.0)
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while client.versions("affine") != (2,) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        y = client.model("affine").infer({"x": np.ones((1, 4), np.float32)})["y"]
+        np.testing.assert_array_equal(y, np.full((1, 4), 4.0, np.float32))
+    finally:
+        client.close()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0
+        assert server.proc.stdout is not None
+        server.proc.stdout.close()
