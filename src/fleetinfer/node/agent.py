@@ -83,6 +83,14 @@ class NodeConfig:
         if self.max_message_bytes < 1:
             raise ConfigError(f"max_message_bytes must be >= 1, got {self.max_message_bytes}")
 
+    def _drain_margin_s(self) -> float:
+        return min(1.0, self.grace_s * 0.2)
+
+    @property
+    def kill_after_s(self) -> float:
+        """When the agent SIGKILLs workers on drain: after they gave up held work, before grace_s."""
+        return self.grace_s - self._drain_margin_s() / 2
+
     def worker_config(self) -> WorkerConfig:
         """What each worker process gets; it gives up held work a little before the agent kills it."""
         return WorkerConfig(
@@ -93,7 +101,7 @@ class NodeConfig:
             client_mode=self.client_mode,
             wait_s=self.receive_wait_s,
             max_message_bytes=self.max_message_bytes,
-            grace_s=max(0.0, self.grace_s - min(1.0, self.grace_s * 0.2)),
+            grace_s=self.grace_s - self._drain_margin_s(),
             backoff_base_s=self.task_backoff_base_s,
             backoff_max_s=self.task_backoff_max_s,
         )
@@ -273,13 +281,13 @@ class NodeAgent:
     def _drain(self) -> None:
         self.metrics.draining.set(1)
         log.info("draining: %s; grace %.0f s", self.drain.reason, self.config.grace_s)
-        self.supervisor.stop(self.config.grace_s)
+        self.supervisor.stop(self.config.kill_after_s)
         self.metrics.workers_alive.set(0)
 
     def _stop_services(self) -> None:
         if not self.drain.is_set():
             self.drain.request("the agent failed")
-            self.supervisor.stop(self.config.grace_s)
+            self.supervisor.stop(self.config.kill_after_s)
         if self._spot is not None:
             self._spot.stop()
         if self._health is not None:

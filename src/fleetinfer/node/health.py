@@ -36,7 +36,10 @@ class HealthServer:
             ) from exc
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fleetinfer-health", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="fleetinfer-health",
+            daemon=True,
         )
 
     @property
