@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import tempfile
@@ -104,8 +105,6 @@ def test_holding_many_outputs_does_not_grow_the_region_without_bound(
 
 
 def our_segments_of_this_process() -> list[str]:
-    import os
-
     return [name for name in our_segments() if name.startswith(f"fleetinfer-{os.getpid()}-")]
 
 
@@ -299,3 +298,25 @@ def test_a_model_with_a_broken_config_does_not_load(short_dir: Path) -> None:
 
     with pytest.raises(ModelConfigError, match="folder name"):
         start_server(root, short_dir / "x.sock")
+
+
+def test_a_forked_child_gets_its_own_connection_and_leaves_the_parents_region(
+    client: SharedModelClient,
+) -> None:
+    handle = client.model("affine")
+    x = np.ones((1, 4), np.float32)
+    handle.infer({"x": x})
+    parent_regions = our_segments_of_this_process()
+    pid = os.fork()
+    if pid == 0:  # the child: infer on a fresh connection, close, exit without pytest's teardown
+        code = 0
+        try:
+            code = 0 if handle.infer({"x": x})["y"][0, 0] == 4.0 else 1
+            client.close()
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert our_segments_of_this_process() == parent_regions
+    assert handle.infer({"x": x})["y"][0, 0] == 4.0

@@ -117,7 +117,7 @@ class Channel:
         self.pid = os.getpid()
         self.arena = Arena(region.size_bytes)
         self._ids = itertools.count(1)
-        self._finalizer = weakref.finalize(self, unlink_segment, region.name)
+        self._finalizer = weakref.finalize(self, _unlink_if_owner, region.name, self.pid)
 
     @classmethod
     def connect(cls, socket_path: Path, *, region_bytes: int, max_region_bytes: int) -> Channel:
@@ -140,7 +140,7 @@ class Channel:
     def close(self) -> None:
         """Close the socket and unlink the region; outputs still in use stay readable."""
         self.sock.close()
-        self.region.unlink()
+        _unlink_if_owner(self.region.name, self.pid)  # a forked child must not unlink ours
         self.region.close()
         self._finalizer.detach()
 
@@ -159,22 +159,22 @@ class Channel:
         return decode(reply_type, payload)
 
     def _read_frame(self) -> tuple[int, int, bytes]:
-        header = self._recv_exact(HEADER.size)
-        magic, _version, kind, request_id, length = HEADER.unpack(header)
+        """One reply frame; usually a single recv (the header and body arrive together)."""
+        data = self.sock.recv(HEADER.size + MAX_BODY_BYTES)
+        while len(data) < HEADER.size:
+            data += self._recv_some(HEADER.size - len(data))
+        magic, _version, kind, request_id, length = HEADER.unpack_from(data)
         if magic != MAGIC or length > MAX_BODY_BYTES:
             raise ChannelBrokenError("the model server sent a frame this client cannot parse")
-        return kind, request_id, self._recv_exact(length)
+        while len(data) < HEADER.size + length:
+            data += self._recv_some(HEADER.size + length - len(data))
+        return kind, request_id, data[HEADER.size : HEADER.size + length]
 
-    def _recv_exact(self, n: int) -> bytes:
-        data = self.sock.recv(n)
-        while len(data) < n:
-            more = self.sock.recv(n - len(data))
-            if not more:
-                raise ChannelBrokenError("the model server closed the connection")
-            data += more
-        if n and not data:
+    def _recv_some(self, n: int) -> bytes:
+        more = self.sock.recv(n)
+        if not more:
             raise ChannelBrokenError("the model server closed the connection")
-        return data
+        return more
 
     def model_info(self, model: str) -> ModelInfo:
         return self.call(Kind.MODEL_INFO, ModelInfoRequest(model), ModelInfo)
@@ -252,6 +252,11 @@ class Channel:
         old.close()
         self.arena.grow(size)
         self.call(Kind.ATTACH, Attach(self.region.name, size), Empty)
+
+
+def _unlink_if_owner(name: str, pid: int) -> None:
+    if os.getpid() == pid:
+        unlink_segment(name)
 
 
 def _lease_view(lease: np.ndarray[Any, Any], ref: TensorRef, start: int) -> np.ndarray[Any, Any]:

@@ -245,7 +245,8 @@ class ModelExecutor:
         for name, array in inputs.items():
             binding.bind_cpu_input(name, array)
         for name, view in outputs.items():
-            binding.bind_output(name, "cpu", 0, view.dtype, list(view.shape), view.ctypes.data)
+            pointer = view.__array_interface__["data"][0]
+            binding.bind_output(name, "cpu", 0, view.dtype, list(view.shape), pointer)
         try:
             session.run_with_iobinding(binding)
         except Exception as exc:  # e.g. the model's output shape is not the configured one
