@@ -43,6 +43,52 @@ IDENTITY_FEATURES = 512 * 1024  # 2 MiB of float32
 TARGETS = {"throughput_ratio_min": 0.97, "overhead_us_max": 150.0, "memory_ratio_max": 0.25}
 
 
+# -- the PyTriton side (runs under the pytriton venv's python, not ours) --------------------------
+
+TRITON_SERVER = """
+import sys, numpy as np, onnxruntime as ort
+from pytriton.decorators import batch
+from pytriton.model_config import ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig
+path, instances, http, grpc, metrics = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:6])
+def make():
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    @batch
+    def infer(raster):
+        changed, remap, types = session.run(None, {"raster": raster})
+        return {"changed_logit": changed, "remap_logit": remap, "type_logits": types}
+    return infer
+outputs = [Tensor(name=n, dtype=np.float32, shape=(-1,)) for n in ("changed_logit", "remap_logit", "type_logits")]
+config = TritonConfig(http_port=http, grpc_port=grpc, metrics_port=metrics)
+with Triton(config=config) as triton:
+    triton.bind(model_name="cdnet", infer_func=[make() for _ in range(instances)],
+        inputs=[Tensor(name="raster", dtype=np.float32, shape=(9, 128, 128))], outputs=outputs,
+        config=ModelConfig(max_batch_size=64))
+    print("ready", flush=True)
+    triton.serve()
+"""
+
+TRITON_WORKER = """
+import json, sys, time, numpy as np
+from pytriton.client import ModelClient
+x = np.random.default_rng(0).random((1, 9, 128, 128), dtype=np.float32)
+with ModelClient(f"localhost:{sys.argv[1]}", "cdnet", init_timeout_s=120) as client:
+    client.infer_batch(raster=x)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        command, *args = line.split()
+        if command != "run":
+            break
+        count, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < float(args[0]):
+            client.infer_batch(raster=x)
+            count += 1
+        print(json.dumps({"samples": count, "elapsed_s": elapsed}), flush=True)
+"""
+
+
 # -- worker side: `server_bench.py worker MODE TARGET MODEL THREADS` -----------------------------
 
 
@@ -119,11 +165,14 @@ def pss_bytes(pid: int) -> int:
 class Worker:
     def __init__(self, mode: str, target: Path, model: str, threads: int) -> None:
         command = [sys.executable, __file__, "worker", mode, str(target), model, str(threads)]
+        self.start(command, f"{mode} worker for {model}")
+
+    def start(self, command: list[str], what: str) -> None:
         self.proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         if self._line() != "ready":
-            raise RuntimeError(f"{mode} worker for {model} did not start")
+            raise RuntimeError(f"{what} did not start")
 
     def send(self, command: str) -> None:
         assert self.proc.stdin is not None
@@ -189,12 +238,17 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
         server(repo, sock, args.threads, args.workers),
         workers("shared", sock, "cdnet", args.threads, args.workers) as shared,
         workers("inprocess", repo, "cdnet", args.threads, args.workers) as local,
+        triton_pool(repo, tmp, args) as triton,
     ):
+        order = [("inprocess", local), ("shared", shared)]
+        if triton:
+            order.append(("triton", triton))
+            runs["triton"] = []
         for r in range(args.rounds):
-            order = [("inprocess", local), ("shared", shared)]
             for name, pool in order if r % 2 == 0 else order[::-1]:
                 runs[name].append(samples_per_s(pool, args.seconds))
     ratios = [s / i for s, i in zip(runs["shared"], runs["inprocess"], strict=True)]
+    args.triton_runs = runs.get("triton"), runs["inprocess"]
     return {
         "model": "cdnet",
         "batch": 1,
@@ -294,27 +348,98 @@ def _separate_and_merged(model: Any, x: np.ndarray) -> tuple[float, float]:
     return middle - start, time.perf_counter() - middle
 
 
-def triton_row() -> dict[str, Any]:
-    python = Path("/usr/bin/python3.11")
-    probe = (
-        subprocess.run(
-            [str(python), "-c", "import pytriton"], capture_output=True, text=True, check=False
+def pytriton_python(args: argparse.Namespace) -> str | None:
+    """Why PyTriton cannot run, or None when `--pytriton-python` can import it."""
+    python = args.pytriton_python
+    if python is None:
+        return (
+            "no --pytriton-python given: PyTriton runs only under Debian's /usr/bin/python3.11 in "
+            "its own venv (python3.11 -m venv V && V/bin/pip install nvidia-pytriton onnxruntime "
+            "numpy), then pass --pytriton-python V/bin/python"
         )
-        if python.exists()
-        else None
+    probe = subprocess.run(
+        [python, "-c", "import pytriton, onnxruntime, numpy"], capture_output=True, text=True
     )
-    if probe is None or probe.returncode != 0:
-        return {
-            "ran": False,
-            "why": (
-                "PyTriton (nvidia-pytriton) is not installed for /usr/bin/python3.11: it ships the "
-                "Triton server binaries in its wheel and runs only under that interpreter in its "
-                "own venv; not set up in this session (time), so no Triton number is claimed"
-            ),
-        }
+    if probe.returncode != 0:
+        return f"{python} cannot import pytriton/onnxruntime/numpy: {probe.stderr.strip()[-300:]}"
+    return None
+
+
+@contextmanager
+def triton_pool(repo: Path, tmp: Path, args: argparse.Namespace) -> Iterator[list[Worker]]:
+    """PyTriton serving the same CDNet file with W instances of 1 thread, and W clients."""
+    if pytriton_python(args) is not None:
+        yield []
+        return
+    (tmp / "triton_server.py").write_text(TRITON_SERVER)
+    (tmp / "triton_worker.py").write_text(TRITON_WORKER)
+    model = (
+        repo
+        / "cdnet"
+        / str(max(int(p.name) for p in (repo / "cdnet").iterdir() if p.name.isdigit()))
+        / "model.onnx"
+    )
+    ports = [str(free_port()) for _ in range(3)]
+    command = [
+        args.pytriton_python,
+        str(tmp / "triton_server.py"),
+        str(model),
+        str(args.workers),
+        *ports,
+    ]
+    log = (tmp / "triton.log").open("w")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=tmp)
+    pool: list[Worker] = []
+    try:
+        assert proc.stdout is not None
+        lines = iter(proc.stdout.readline, "")  # Triton may print before our "ready"
+        if not any(line.strip() == "ready" for line in lines):
+            raise RuntimeError(
+                f"PyTriton did not start: {(tmp / 'triton.log').read_text()[-2000:]}"
+            )
+        for _ in range(args.workers):
+            worker = Worker.__new__(Worker)
+            worker.start(
+                [args.pytriton_python, str(tmp / "triton_worker.py"), ports[0]], "triton client"
+            )
+            pool.append(worker)
+        yield pool
+    finally:
+        for worker in pool:
+            worker.stop()
+        proc.terminate()
+        proc.wait(60)
+        log.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def triton_row(args: argparse.Namespace) -> dict[str, Any]:
+    why = pytriton_python(args)
+    if why is not None:
+        return {"ran": False, "why": why}
+    triton, inprocess = getattr(args, "triton_runs", (None, None))
+    if not triton:
+        return {"ran": False, "why": "the throughput row was not run (--only without throughput)"}
     return {
-        "ran": False,
-        "why": "PyTriton is importable, but the Triton comparison is not written yet",
+        "ran": True,
+        "what": "PyTriton (Triton + Python backend running the same ONNX file with ONNX Runtime, "
+        "W instances of 1 thread), W pytriton.client processes over HTTP, batch 1, interleaved "
+        "with the throughput row's rounds",
+        "triton_samples_per_s": statistics.median(triton),
+        "ratio_to_inprocess": statistics.median(
+            t / i for t, i in zip(triton, inprocess, strict=True)
+        ),
+        "rounds": triton,
     }
 
 
@@ -339,6 +464,11 @@ def main() -> None:
         "--only", nargs="*", default=["throughput", "overhead", "memory", "batching"]
     )
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument(
+        "--pytriton-python",
+        default=os.environ.get("FLEETINFER_PYTRITON_PYTHON"),
+        help="python of a venv with nvidia-pytriton, onnxruntime and numpy (adds the Triton row)",
+    )
     args = parser.parse_args()
     from tests.helpers.tiny_models import cdnet_repository
 
@@ -355,7 +485,7 @@ def main() -> None:
         for name in args.only:
             result[name] = steps[name]()
             print(f"{name}: done", file=sys.stderr)
-        result["triton"] = triton_row()
+        result["triton"] = triton_row(args)
         result["machine"]["loadavg_1m_at_end"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
