@@ -16,12 +16,16 @@ from tests.apps.harness import NodeProcess
 MAX_BYTES = 4096
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "sqs"])
 def queue_url(
     request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, unique_name: str
 ) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/queue.db?max_receives=10"
+        return
+    if request.param == "sqs":
+        endpoint = request.getfixturevalue("moto_endpoint")
+        yield f"sqs://{unique_name}?region=us-east-1&endpoint_url={endpoint}&max_receives=10"
         return
     url = f"{redis_url}?queue={unique_name}&max_receives=10"
     yield url
