@@ -8,6 +8,7 @@ Modes, chosen by configuration:
 
 from __future__ import annotations
 
+import http.client
 import os
 import threading
 import time
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-from fleetinfer.errors import ConfigError, ServerUnavailableError
+from fleetinfer.errors import ConfigError, ServerUnavailableError, UnknownModelError
+from fleetinfer.server import kserve
 from fleetinfer.server.channel import Channel, ChannelBrokenError
 from fleetinfer.server.protocol import default_socket_path
 from fleetinfer.server.repository import ModelRepository
@@ -26,7 +28,7 @@ from fleetinfer.server.repository import ModelRepository
 if TYPE_CHECKING:  # onnxruntime is imported only by the in-process mode
     from fleetinfer.server.session import OrtModel
 
-CLIENT_MODES = ("inprocess", "shared")
+CLIENT_MODES = ("inprocess", "shared", "triton")
 
 Tensors = dict[str, np.ndarray[Any, Any]]
 T = TypeVar("T")
@@ -48,15 +50,21 @@ class ModelClient(ABC):
         repository: Path | str | None = None,
         intra_op_threads: int | None = None,
         socket_path: Path | str | None = None,
+        url: str | None = None,
     ) -> ModelClient:
         """`inprocess` needs `repository`; `shared` uses `socket_path` (default: the server's
-        default path, `$FLEETINFER_SOCKET`)."""
+        default path, `$FLEETINFER_SOCKET`); `triton` needs `url`, the host:port of a Triton
+        server's HTTP endpoint (KServe v2 protocol with binary tensors)."""
         if mode == "inprocess":
             if repository is None:
                 raise ConfigError("model client mode 'inprocess' needs repository=<model repo>")
             return InProcessModelClient(repository, intra_op_threads=intra_op_threads)
         if mode == "shared":
             return SharedModelClient(socket_path)
+        if mode == "triton":
+            if url is None:
+                raise ConfigError("model client mode 'triton' needs url='127.0.0.1:8000'")
+            return TritonModelClient(url)
         raise ConfigError(f"unknown model client mode {mode!r}: expected one of {CLIENT_MODES}")
 
     @abstractmethod
@@ -215,3 +223,77 @@ class SharedModelClient(ModelClient):
                         "`fleetinfer serve --models <repo>` or point socket_path at it"
                     ) from exc
                 time.sleep(0.05)
+
+
+class _TritonHandle:
+    def __init__(self, client: TritonModelClient, name: str) -> None:
+        self._client, self._name = client, name
+
+    def infer(self, inputs: Mapping[str, Any], *, version: int | None = None) -> Tensors:
+        return self._client.infer(self._name, inputs, version=version)
+
+
+class TritonModelClient(ModelClient):
+    """A Triton (or any KServe v2) server over HTTP; one persistent connection per thread.
+
+    A dropped connection is re-opened and the request retried once (inference is idempotent)."""
+
+    def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
+        self.url = url.removeprefix("http://").rstrip("/")
+        self.timeout_s = timeout_s
+        self._local = threading.local()
+
+    def model(self, name: str) -> ModelHandle:
+        response, _ = self._exchange("GET", f"/v2/models/{name}/ready", None, {})
+        status = response.status
+        if status != 200:
+            raise UnknownModelError(
+                f"Triton at {self.url} has no ready model {name!r} (HTTP {status}): "
+                "check the model name and the server's model repository"
+            )
+        return _TritonHandle(self, name)
+
+    def infer(
+        self, model: str, inputs: Mapping[str, Any], *, version: int | None = None
+    ) -> Tensors:
+        body, header_length = kserve.encode_request(inputs)
+        headers = {
+            kserve.HEADER_LENGTH: str(header_length),
+            "Content-Type": "application/octet-stream",
+        }
+        path = kserve.infer_path(model, version)
+        response, payload = self._exchange("POST", path, body, headers)
+        kserve.raise_for_status(response, payload, model)
+        length = response.getheader(kserve.HEADER_LENGTH)
+        return kserve.decode_response(payload, int(length) if length else None)
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    def _exchange(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        for attempt in (1, 2):
+            connection = self._connection()
+            try:
+                connection.request(method, path, body=body, headers=headers)
+                response = connection.getresponse()
+                return response, response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if attempt == 2:
+                    raise ServerUnavailableError(
+                        f"no Triton server answers at http://{self.url} ({exc}): start it or "
+                        "fix the url"
+                    ) from exc
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> http.client.HTTPConnection:
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = http.client.HTTPConnection(self.url, timeout=self.timeout_s)
+            self._local.connection = connection
+        return connection
