@@ -18,6 +18,7 @@ FleetinferError
 ├── QueueError                  a queue operation was refused by its semantics
 │   └── ReceiptExpiredError     ack / release / extend on a receipt that is no longer valid
 ├── InferenceError              the model ran and failed (execution error inside the runtime)
+├── TaskTimeoutError            a task ran past its timeout_s: a failure, retried with backoff
 └── IntegrityError              an artifact does not match its recorded sha256
 ```
 
@@ -110,6 +111,10 @@ class ReceiptExpiredError(QueueError):
 
 class InferenceError(FleetinferError):
     """The model runtime failed while executing a request."""
+
+
+class TaskTimeoutError(FleetinferError):
+    """A task ran past its `timeout_s`; it counts as a failure and is retried."""
 
 
 class IntegrityError(FleetinferError):

@@ -28,7 +28,11 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 
 import msgspec
 
-from fleetinfer.errors import ConfigError, FleetinferError, MalformedMessageError, UnknownTaskError
+from fleetinfer.errors import (
+    ConfigError,
+    MalformedMessageError,
+    UnknownTaskError,
+)
 
 if TYPE_CHECKING:
     from fleetinfer.client import ModelHandle
@@ -52,10 +56,6 @@ class Reject(Exception):  # noqa: N818 - a control-flow signal, not an error
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class TaskTimeoutError(FleetinferError):
-    """A task ran past its `timeout_s`; it counts as a failure and is retried."""
 
 
 class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

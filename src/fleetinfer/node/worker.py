@@ -41,6 +41,7 @@ from fleetinfer.errors import (
     InputError,
     PayloadTooLargeError,
     ReceiptExpiredError,
+    TaskTimeoutError,
     TransientError,
 )
 from fleetinfer.node.events import EventSink, MemoryEvents
@@ -56,7 +57,6 @@ from fleetinfer.task import (
     Retry,
     Task,
     TaskContext,
-    TaskTimeoutError,
     resolve_target,
 )
 
