@@ -1,6 +1,7 @@
 """The results-store contract, run against every backend: sqlite and postgresql (real server).
 
-One row per task id, the first write wins (tasks run at least once, so a task may finish twice);
+One row per task id, the first success wins (tasks run at least once, so a task may finish twice;
+a failure gives way to a later success, as after a dead-letter redrive);
 counts by status; iteration in task-id order; many processes writing the same ids leave one row
 each.
 """
@@ -48,6 +49,17 @@ def test_first_write_wins_and_the_second_reports_it_changed_nothing(store: Resul
     assert store.put(first) is True
     assert store.put(result("seg-1", TaskStatus.DEAD, error="late duplicate")) is False
     assert store.get("seg-1") == first
+    assert store.count() == 1
+
+
+def test_a_failure_gives_way_to_a_later_success_but_never_the_reverse(store: ResultStore) -> None:
+    assert store.put(result("seg-2", TaskStatus.DEAD, error="boom", attempts=3)) is True
+    assert store.put(result("seg-2", TaskStatus.REJECTED, error="again")) is False
+    success = result("seg-2", value={"changed": False}, attempts=1, worker="node-b/1")
+    assert store.put(success) is True  # redriven from the dead-letter queue, then succeeded
+    assert store.get("seg-2") == success
+    assert store.put(result("seg-2", value={"changed": True})) is False
+    assert store.get("seg-2") == success
     assert store.count() == 1
 
 

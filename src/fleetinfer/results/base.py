@@ -1,7 +1,9 @@
-"""The results-store contract: one row per task id, the first write wins.
+"""The results-store contract: one row per task id, the first success wins.
 
 Tasks run at least once, so a task may finish twice (a worker killed after storing but before
-acking). `put` is idempotent by task id: the second write changes nothing and reports so.
+acking). `put` is idempotent by task id: once a task has a result, a second write changes nothing
+and reports so, with one exception: a failure (dead, rejected) gives way to a later success, so a
+task redriven from the dead-letter queue records its result. A success is never replaced.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class ResultStore(ABC):
 
     @abstractmethod
     def put(self, result: TaskResult) -> bool:
-        """Store a result; True if it was new, False if this task id already had one."""
+        """Store a result; True if stored (new, or a success replacing a failure), else False."""
 
     @abstractmethod
     def get(self, task_id: str) -> TaskResult | None:

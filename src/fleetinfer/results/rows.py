@@ -82,3 +82,26 @@ def check_batch_size(batch_size: int) -> None:
     """Iteration pages hold at least one row."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+
+# A stored success is final; a stored failure (dead, rejected) gives way to a later success, so a
+# task redriven from the dead-letter queue can still record its result. Both backends share it.
+UPDATABLE_COLUMNS = (
+    "task_name",
+    "status",
+    "value",
+    "error",
+    "attempts",
+    "worker",
+    "started_at",
+    "finished_at",
+)
+
+
+def upsert_clause(table: str) -> str:
+    """`ON CONFLICT` clause: keep the first success; replace a failure by a success only."""
+    assignments = ", ".join(f"{c} = excluded.{c}" for c in UPDATABLE_COLUMNS)
+    return (
+        f"ON CONFLICT (task_id) DO UPDATE SET {assignments} "
+        f"WHERE {table}.status <> 'succeeded' AND excluded.status = 'succeeded'"
+    )

@@ -24,6 +24,7 @@ from fleetinfer.results.rows import (
     encode_value,
     result_from_row,
     split_options,
+    upsert_clause,
 )
 
 if TYPE_CHECKING:
@@ -126,8 +127,7 @@ class PostgresResultStore(ResultStore):
             cur = conn.execute(
                 self._sql(
                     f"INSERT INTO {{table}} ({_COLUMNS}) "
-                    "VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (task_id) DO NOTHING"
+                    "VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s) " + upsert_clause("{table}")
                 ),
                 row,
             )

@@ -1,4 +1,4 @@
--- fleetinfer PostgreSQL results store: one row per task id; the first write wins.
+-- fleetinfer PostgreSQL results store: one row per task id; the first success wins (a failure gives way to a later success).
 -- {table} and {index} are replaced by quoted identifiers (psycopg.sql.Identifier).
 CREATE TABLE IF NOT EXISTS {table} (
     task_id     TEXT COLLATE "C" PRIMARY KEY,

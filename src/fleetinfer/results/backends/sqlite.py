@@ -28,6 +28,7 @@ from fleetinfer.results.rows import (
     encode_value,
     result_from_row,
     split_options,
+    upsert_clause,
 )
 
 SCHEMA_SQL = resources.files(__package__).joinpath("sqlite_schema.sql").read_text("utf-8")
@@ -126,7 +127,7 @@ class SqliteResultStore(ResultStore):
         with self._db() as conn:
             cur = conn.execute(
                 f'INSERT INTO "{self.table}" ({_COLUMNS}, stored_at) '
-                "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (task_id) DO NOTHING",
+                "VALUES (?,?,?,?,?,?,?,?,?,?) " + upsert_clause(f'"{self.table}"'),
                 row,
             )
         return cur.rowcount == 1

@@ -1,4 +1,4 @@
--- fleetinfer SQLite results store: one row per task id; the first write wins.
+-- fleetinfer SQLite results store: one row per task id; the first success wins (a failure gives way to a later success).
 -- {table} is replaced by a validated, quoted identifier. value is JSON text.
 CREATE TABLE IF NOT EXISTS {table} (
     task_id     TEXT    PRIMARY KEY,
