@@ -104,7 +104,10 @@ class Supervisor:
         read_fd, write_fd = os.pipe()
         try:
             slot.process = subprocess.Popen(
-                self._command(write_fd), pass_fds=(write_fd,), stdout=_worker_stdout()
+                self._command(write_fd),
+                pass_fds=(write_fd,),
+                stdout=_worker_stdout(),
+                env=worker_environment(),
             )
         finally:
             os.close(write_fd)
@@ -225,6 +228,19 @@ def _worker_stdout() -> int | None:
         return sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # stderr replaced by an object without a fd
         return None
+
+
+# Each worker is one of many processes per core: math libraries that start a thread pool per
+# process (OpenBLAS, OpenMP, MKL) oversubscribe the cores. One thread each unless the user says.
+_SINGLE_THREADED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def worker_environment() -> dict[str, str]:
+    """The environment of a worker process: ours, with math-library pools at one thread."""
+    env = dict(os.environ)
+    for name in _SINGLE_THREADED:
+        env.setdefault(name, "1")
+    return env
 
 
 def _signal(process: subprocess.Popen[bytes], signum: int) -> None:
