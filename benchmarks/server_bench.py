@@ -131,6 +131,8 @@ def _example_inputs(repo: Path | None, model: str) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     if model == "identity":
         return {"x": rng.random((1, IDENTITY_FEATURES), dtype=np.float32)}
+    if model == "affine":
+        return {"x": rng.random((1, 4), dtype=np.float32)}
     return {"raster": rng.random((1, 9, 128, 128), dtype=np.float32)}
 
 
@@ -263,15 +265,24 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
 
 
 def overhead(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from tests.helpers.tiny_models import identity_repository
+    """Per-request overhead with a 2 MiB identity (the target) and a 16-byte affine model (the
+    fixed cost of a round trip, without the memory traffic of large tensors)."""
+    from tests.helpers.tiny_models import affine_repository, identity_repository
 
-    repo = identity_repository(tmp / "identity-repo", features=IDENTITY_FEATURES)
-    sock = tmp / "o.sock"
+    repo = identity_repository(tmp / "overhead-repo", features=IDENTITY_FEATURES)
+    affine_repository(repo)
+    result = _overhead(repo, tmp, args, "identity")
+    result["fixed_cost_16_bytes"] = _overhead(repo, tmp, args, "affine")
+    return result
+
+
+def _overhead(repo: Path, tmp: Path, args: argparse.Namespace, model: str) -> dict[str, Any]:
+    sock = tmp / f"o-{model}.sock"
     per_round: dict[str, list[float]] = {"inprocess": [], "shared": []}
     with (
         server(repo, sock, 1, 1),
-        workers("shared", sock, "identity", 1, 1) as shared,
-        workers("inprocess", repo, "identity", 1, 1) as local,
+        workers("shared", sock, model, 1, 1) as shared,
+        workers("inprocess", repo, model, 1, 1) as local,
     ):
         for r in range(args.rounds):
             order = [("inprocess", local[0]), ("shared", shared[0])]
@@ -280,8 +291,8 @@ def overhead(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
                 per_round[name].append(worker.answer()["median_us"])
     diffs = [s - i for s, i in zip(per_round["shared"], per_round["inprocess"], strict=True)]
     return {
-        "model": "identity",
-        "input_bytes": IDENTITY_FEATURES * 4,
+        "model": model,
+        "input_bytes": IDENTITY_FEATURES * 4 if model == "identity" else 16,
         "inprocess_median_us": statistics.median(per_round["inprocess"]),
         "shared_median_us": statistics.median(per_round["shared"]),
         "overhead_median_us": statistics.median(diffs),
