@@ -8,7 +8,6 @@ Modes, chosen by configuration:
 
 from __future__ import annotations
 
-import http.client
 import os
 import threading
 import time
@@ -20,12 +19,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy as np
 
 from fleetinfer.errors import ConfigError, ServerUnavailableError, UnknownModelError
-from fleetinfer.server import kserve
 from fleetinfer.server.channel import Channel, ChannelBrokenError
 from fleetinfer.server.protocol import default_socket_path
 from fleetinfer.server.repository import ModelRepository
 
-if TYPE_CHECKING:  # onnxruntime is imported only by the in-process mode
+if TYPE_CHECKING:  # onnxruntime and http.client are imported only by the modes that use them
+    import http.client
+
     from fleetinfer.server.session import OrtModel
 
 CLIENT_MODES = ("inprocess", "shared", "triton")
@@ -256,6 +256,8 @@ class TritonModelClient(ModelClient):
     def infer(
         self, model: str, inputs: Mapping[str, Any], *, version: int | None = None
     ) -> Tensors:
+        from fleetinfer.server import kserve
+
         body, header_length = kserve.encode_request(inputs)
         headers = {
             kserve.HEADER_LENGTH: str(header_length),
@@ -276,6 +278,8 @@ class TritonModelClient(ModelClient):
     def _exchange(
         self, method: str, path: str, body: bytes | None, headers: dict[str, str]
     ) -> tuple[http.client.HTTPResponse, bytes]:
+        import http.client
+
         for attempt in (1, 2):
             connection = self._connection()
             try:
@@ -292,6 +296,8 @@ class TritonModelClient(ModelClient):
         raise AssertionError("unreachable")
 
     def _connection(self) -> http.client.HTTPConnection:
+        import http.client
+
         connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
         if connection is None:
             connection = http.client.HTTPConnection(self.url, timeout=self.timeout_s)

@@ -320,3 +320,21 @@ def test_a_forked_child_gets_its_own_connection_and_leaves_the_parents_region(
     assert os.waitstatus_to_exitcode(status) == 0
     assert our_segments_of_this_process() == parent_regions
     assert handle.infer({"x": x})["y"][0, 0] == 4.0
+
+
+def test_a_server_bug_while_answering_is_reported_and_the_server_carries_on(
+    client: SharedModelClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetinfer.errors import FleetinferError
+    from fleetinfer.server import executor
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    handle = client.model("affine")
+    x = np.ones((1, 4), np.float32)
+    monkeypatch.setattr(executor, "write_outputs", broken)
+    with pytest.raises(FleetinferError, match="simulated bug"):
+        handle.infer({"x": x})
+    monkeypatch.undo()
+    assert handle.infer({"x": x})["y"][0, 0] == 4.0

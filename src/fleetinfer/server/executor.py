@@ -180,6 +180,10 @@ class ModelExecutor:
         except FleetinferError as exc:
             self._fail(batch, exc)
             return
+        except Exception as exc:  # a server bug: answer it, never leave a client waiting
+            log.exception("execution of %s failed unexpectedly", self.config.name)
+            self._fail(batch, FleetinferError(f"internal server error: {exc!r}"))
+            return
         self._account(batch, start_ns, (time.perf_counter_ns() - start_ns) // 1000)
         row = 0
         for p in batch:
@@ -209,10 +213,11 @@ class ModelExecutor:
     def _answer(self, p: Pending, outputs: Mapping[str, np.ndarray[Any, Any]]) -> None:
         try:
             refs = write_outputs(p, outputs)
-        except FleetinferError as exc:
+        except Exception as exc:
+            error = exc if isinstance(exc, FleetinferError) else FleetinferError(f"{exc!r}")
             if not isinstance(exc, OutputSpaceError):
                 self.stats.failed()
-            p.sink.reply_error(p.request_id, exc)
+            p.sink.reply_error(p.request_id, error)
             return
         p.sink.reply_ok(p.request_id, InferReply(version=self.version, outputs=refs))
 
