@@ -23,3 +23,14 @@ def test_every_error_derives_from_the_one_root_and_is_drawn_in_the_tree() -> Non
     for cls in classes:
         assert issubclass(cls, errors.FleetinferError), cls
         assert cls.__name__ in doc, f"{cls.__name__} is missing from the tree in errors.py"
+
+
+def test_importing_the_package_loads_no_subsystem_until_a_name_is_used() -> None:
+    import subprocess
+    import sys
+
+    code = "import fleetinfer, sys; print(sorted(m for m in sys.modules if m.startswith('fleetinfer')))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "['fleetinfer', 'fleetinfer.errors']"
