@@ -39,7 +39,7 @@ class DemoConfig:
     seed: int = DEMO_SEED
     preset: str = "default"
     workers: int | None = None
-    client_mode: str = "inprocess"
+    client_mode: str = "shared"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +87,7 @@ class PssSampler:
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
         self.peak_bytes: dict[int, int] = {}
+        self.roles: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pss-sampler", daemon=True)
 
@@ -101,6 +102,7 @@ class PssSampler:
             except OSError:
                 continue
             self.peak_bytes[pid] = max(size, self.peak_bytes.get(pid, 0))
+            self.roles.setdefault(pid, process_role(pid))
 
     def __enter__(self) -> PssSampler:
         self._thread.start()
@@ -111,14 +113,32 @@ class PssSampler:
         self._thread.join()
 
     def summary_mib(self) -> dict[str, float]:
-        """`agent` (this process), then each child's peak, and the node total."""
-        mib = {pid: size / 2**20 for pid, size in self.peak_bytes.items()}
-        agent = mib.pop(os.getpid(), 0.0)
-        children = sorted(mib.values(), reverse=True)
-        summary = {"agent": round(agent, 1)}
-        summary |= {f"process_{i + 1}": round(v, 1) for i, v in enumerate(children)}
-        summary["node_total"] = round(agent + sum(children), 1)
+        """Peak PSS by role: the agent (this process), the model server, each worker, the total."""
+        summary: dict[str, float] = {}
+        workers = 0
+        for pid, size in sorted(self.peak_bytes.items()):
+            role = self.roles[pid]
+            if role == "worker":
+                workers += 1
+                role = f"worker_{workers}"
+            summary[role] = round(summary.get(role, 0.0) + size / 2**20, 1)
+        summary["node_total"] = round(sum(self.peak_bytes.values()) / 2**20, 1)
         return summary
+
+
+def process_role(pid: int) -> str:
+    """`agent`, `model_server`, `worker` or `other`, from the process's command line."""
+    if pid == os.getpid():
+        return "agent"
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "other"
+    if b"serve" in argv:
+        return "model_server"
+    if b"fleetinfer.node.process" in argv:
+        return "worker"
+    return "other"
 
 
 def prepare(config: DemoConfig, on_progress: Callable[[int], None] | None = None) -> list[Path]:

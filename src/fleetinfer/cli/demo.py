@@ -35,8 +35,8 @@ def demo(
         Path, typer.Option("--workdir", help="Where segments, queue and results go.")
     ] = Path(".fleetinfer/demo"),
     client_mode: Annotated[
-        str, typer.Option("--client", help="Model client: inprocess or shared.")
-    ] = "inprocess",
+        str, typer.Option("--client", help="Model client: shared (the node's server) or inprocess.")
+    ] = "shared",
     as_json: JsonOption = False,
 ) -> None:
     """Generate road segments, queue one change-detection task each, run a node, summarise."""

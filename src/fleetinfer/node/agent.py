@@ -23,6 +23,7 @@ from typing import Any
 from fleetinfer.errors import ConfigError, TransientError
 from fleetinfer.node.health import HealthServer
 from fleetinfer.node.metrics import NodeMetrics
+from fleetinfer.node.model_server import SOCKET_ENV, ModelServerProcess, ServerOptions
 from fleetinfer.node.preemption import DrainSignal, SpotWatcher, install_drain_handlers
 from fleetinfer.node.sizing import (
     DEFAULT_RESERVE_BYTES,
@@ -70,6 +71,7 @@ class NodeConfig:
     warmup_s: float = 10.0
     poll_interval_s: float = 0.2
     verbose: bool = False
+    server_intra_op_threads: int | None = None
 
     def __post_init__(self) -> None:
         if not self.grace_s >= 0:
@@ -165,6 +167,7 @@ class NodeAgent:
         )
         self._health: HealthServer | None = None
         self._spot: SpotWatcher | None = None
+        self._server: ModelServerProcess | None = None
         self._broker: Broker | None = None
         self._empty_checks = 0
 
@@ -219,12 +222,23 @@ class NodeAgent:
                 metrics=self.metrics.exposition,
                 health=self.health,
             ).start()
+        self._start_model_server()
         if self.config.spot_endpoint is not None:
             self._spot = SpotWatcher(
                 self.drain,
                 endpoint=self.config.spot_endpoint,
                 interval_s=self.config.spot_interval_s,
             ).start()
+
+    def _start_model_server(self) -> None:
+        """In shared mode with a model repository, the node runs its own model server."""
+        if self.config.client_mode != "shared" or self.config.models is None:
+            return
+        options = ServerOptions(
+            models=self.config.models, intra_op_threads=self.config.server_intra_op_threads
+        )
+        self._server = ModelServerProcess(options).start()
+        self.supervisor.env[SOCKET_ENV] = str(self._server.socket_path)
 
     def _start_workers(self) -> WorkerPlan:
         if self.config.workers is not None:
@@ -261,6 +275,8 @@ class NodeAgent:
     def _watch(self) -> None:
         while not self.drain.wait(self.config.poll_interval_s):
             self.supervisor.poll()
+            if self._server is not None:
+                self._server.poll()
             self.metrics.workers_alive.set(self.supervisor.alive())
             if self.supervisor.fatal is not None:
                 raise ConfigError(f"a worker cannot run: {self.supervisor.fatal}")
@@ -288,6 +304,8 @@ class NodeAgent:
         if not self.drain.is_set():
             self.drain.request("the agent failed")
             self.supervisor.stop(self.config.kill_after_s)
+        if self._server is not None:
+            self._server.cleanup()
         if self._spot is not None:
             self._spot.stop()
         if self._health is not None:

@@ -89,6 +89,7 @@ class Supervisor:
         self._stopping = False
         self.restarts = 0
         self.fatal: str | None = None
+        self.env: dict[str, str] = {}  # set by the agent before starting workers
 
     # -- starting ----------------------------------------------------------------------------
 
@@ -107,7 +108,7 @@ class Supervisor:
                 self._command(write_fd),
                 pass_fds=(write_fd,),
                 stdout=_worker_stdout(),
-                env=worker_environment(),
+                env=worker_environment(self.env),
             )
         finally:
             os.close(write_fd)
@@ -235,9 +236,9 @@ def _worker_stdout() -> int | None:
 _SINGLE_THREADED = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def worker_environment() -> dict[str, str]:
-    """The environment of a worker process: ours, with math-library pools at one thread."""
-    env = dict(os.environ)
+def worker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a worker process: ours plus `extra`, math-library pools at one thread."""
+    env = {**os.environ, **(extra or {})}
     for name in _SINGLE_THREADED:
         env.setdefault(name, "1")
     return env
