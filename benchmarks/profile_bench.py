@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-seconds", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument(
+        "--int8", action="store_true", help="compile an INT8 version first (a precision to sweep)"
+    )
     parser.add_argument("--out", type=Path, default=Path("profile_bench.json"))
     return parser.parse_args(argv)
 
@@ -79,9 +82,22 @@ def remeasure(
     return {name: round(t.samples_per_s, 2) for name, t in timings.items()}
 
 
+def compile_int8(repo: Path, model: str) -> None:
+    """An INT8 version beside the FP32 one (gated on 50 segments; not published)."""
+    from fleetinfer.compile.compiler import CompileRequest, compile_model
+    from fleetinfer.compile.roadchange import RoadchangeCalibration, RoadchangeEvaluator
+
+    request = CompileRequest(repository=repo, model=model, precision="int8", measure=False)
+    compile_model(
+        request, calibration=RoadchangeCalibration(), evaluator=RoadchangeEvaluator(segments=50)
+    )
+
+
 def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     repo = scratch_repository(args, root)
     model = ModelRepository(repo).models()[0]
+    if args.int8:
+        compile_int8(repo, model)
     space = ProfileSpace(
         batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
         intra_op_threads=tuple(int(t) for t in args.threads.split(",")),
