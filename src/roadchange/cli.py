@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -90,6 +91,9 @@ def train(
     learning_rate: Annotated[float, typer.Option()] = 2e-3,
     widths: Annotated[str | None, typer.Option(help="stage widths, e.g. 8,16,32,64")] = None,
     threads: Annotated[int, typer.Option(min=1, help="torch CPU threads")] = 2,
+    type_weights: Annotated[
+        str | None, typer.Option(help="changed-loss weight per change type, 7 numbers")
+    ] = None,
 ) -> None:
     """Train CDNet (both presets by default), calibrate it and write it to a model repository."""
     from roadchange.train import TrainConfig, write_model_repository
@@ -109,11 +113,20 @@ def train(
             threads=threads,
             widths=tuple(int(w) for w in widths.split(",")) if widths else None,
         )
+        if type_weights:
+            config = replace(config, type_weights=_floats(type_weights))
         model, result = run_training(config, log=err.print)
         folder = write_model_repository(out, variant, model, result)
     except (RoadchangeError, ValueError, OSError) as exc:
         raise _fail(exc) from exc
     err.print(f"model written to {folder}")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _model_file(model: Path | None) -> Path:

@@ -84,6 +84,9 @@ class TrainConfig:
     type_loss_weight: float = 0.5
     threads: int = 2
     augment: bool = True
+    # weight of a window in the changed loss, by its change type (order of CHANGE_TYPES): a
+    # deleted marking is the faintest change (absence of paint that dropouts also cause)
+    type_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.5, 3.0, 1.0)
     widths: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -98,6 +101,11 @@ class TrainConfig:
             raise ValueError(f"unknown presets {sorted(unknown)}: expected some of {PRESETS}")
         if min(self.segments_per_preset, self.validation_segments_per_preset, self.batch_size) < 1:
             raise ValueError("segments, validation segments and batch size must be at least 1")
+        if len(self.type_weights) != len(CHANGE_TYPES) or min(self.type_weights) <= 0:
+            raise ValueError(
+                f"type_weights needs {len(CHANGE_TYPES)} positive weights (one per change type "
+                f"{CHANGE_TYPES}), got {self.type_weights}"
+            )
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
 
@@ -207,8 +215,9 @@ def _loss(model: CDNet, batch: tuple[torch.Tensor, ...], config: TrainConfig) ->
     x, changed, remap, change_type = batch
     changed_logit, remap_logit, type_logits = model(x)
     bce = nn.functional.binary_cross_entropy_with_logits
+    weight = torch.tensor(config.type_weights, dtype=torch.float32)[change_type]
     return (
-        bce(changed_logit, changed)
+        bce(changed_logit, changed, weight=weight / weight.mean())
         + config.remap_loss_weight * bce(remap_logit, remap)
         + config.type_loss_weight * nn.functional.cross_entropy(type_logits, change_type)
     )
@@ -446,8 +455,10 @@ def render_model_card(name: str, model: CDNet, result: TrainResult, sha256: str)
     """MODEL_CARD.md: training config, seed, metrics, sha256, signature."""
     config = result.config
     presets = " ".join(f"--preset {p}" for p in config.presets)
+    weights = ",".join(f"{w:g}" for w in config.type_weights)
     command = (
         f"roadchange train --variant {config.variant} {presets} --seed {config.seed} "
+        f"--type-weights {weights} --batch-size {config.batch_size} "
         f"--segments {config.segments_per_preset} --steps {config.steps} "
         f"--val-segments {config.validation_segments_per_preset} --out DIR"
     )
