@@ -5,7 +5,8 @@
         [--threads 0,1] [--out compile_bench.json]
 
 The model folder is copied into a scratch repository (the shipped one is never modified), compiled
-with `fleetinfer.compile.compile_model` (INT8 static QDQ, per-channel, calibrated on roadchange
+with `fleetinfer.compile.compile_model` (INT8 static QDQ, per-channel, output heads kept in float
+unless --quantize-heads, calibrated on roadchange
 windows of validation seed 900, evaluated through the segment pipeline on a fresh default split of
 seed 424242), and then FP32 source and INT8 artifact are timed A B A B ... for each intra-op thread
 setting. The bar: INT8 >= 2.5x FP32 samples/s at batch 1 with a macc drop <= 0.01. Prints JSON
@@ -42,7 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--target", default="cpu")
     parser.add_argument("--calibration-segments", type=int, default=8)
     parser.add_argument("--calibration-method", default="minmax")
-    parser.add_argument("--exclude-heads", action="store_true")
+    parser.add_argument(
+        "--quantize-heads", action="store_true", help="quantize the output layers too"
+    )
     parser.add_argument("--eval-segments", type=int, default=200)
     parser.add_argument("--eval-seed", type=int, default=424242)
     parser.add_argument("--rounds", type=int, default=9)
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         target=args.target,
         precision="int8",
         quantization=QuantizationOptions(
-            calibration_method=args.calibration_method, exclude_heads=args.exclude_heads
+            calibration_method=args.calibration_method, exclude_heads=not args.quantize_heads
         ),
         bench=BenchSettings(rounds=args.rounds, duration_s=args.seconds),
     )

@@ -206,3 +206,10 @@ def test_a_corrupt_manifest_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text('{"model": 3}')
     with pytest.raises(ModelConfigError, match="not a valid compile manifest"):
         read_manifest(tmp_path)
+
+
+def test_heads_are_the_layers_that_compute_the_outputs(tmp_path: Path) -> None:
+    from fleetinfer.compile.passes import head_nodes
+
+    repo = tiny_conv_repository(tmp_path / "models")
+    assert head_nodes(repo / "tinyconv" / "1" / "model.onnx") == ("head",)

@@ -23,7 +23,17 @@ from fleetinfer.errors import MissingExtraError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZATION_MODES = ("static", "dynamic")
-_HEAD_PASSTHROUGH = {"Reshape", "Squeeze", "Flatten", "Unsqueeze", "Identity", "Transpose"}
+_HEAD_PASSTHROUGH = {
+    "Reshape",
+    "Squeeze",
+    "Flatten",
+    "Unsqueeze",
+    "Identity",
+    "Transpose",
+    "Gather",
+    "Slice",
+    "Split",
+}
 
 
 @dataclass(frozen=True, slots=True)
