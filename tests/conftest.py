@@ -15,7 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 REDIS_URL = os.environ.get("FLEETINFER_TEST_REDIS", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get("FLEETINFER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get(
+    "FLEETINFER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 def _free_port() -> int:

@@ -4,13 +4,16 @@
 FleetinferError
 ├── ConfigError                 fix the configuration (bad URL, missing extra, bad config.toml)
 │   ├── MissingExtraError       an optional driver is not installed: the message names the extra
-│   └── ModelConfigError        a model repository entry is missing or inconsistent
+│   ├── ModelConfigError        a model repository entry is missing or inconsistent
+│   ├── UnsupportedBuildError   a compile target / precision cannot be built here
+│   └── NoFeasibleProfileError  no profiled configuration meets the constraints
 ├── InputError                  fix the input; retrying the same thing fails the same way
 │   ├── PayloadTooLargeError    a message or request above its size limit
 │   ├── MalformedMessageError   a message that is not valid JSON / not a task envelope
 │   ├── UnknownTaskError        a message names a task nobody registered
 │   ├── UnknownModelError       no such model or version in the repository
-│   └── InvalidInputError       wrong tensor name, dtype, shape or batch size
+│   ├── InvalidInputError       wrong tensor name, dtype, shape or batch size
+│   └── CalibrationError        calibration or evaluation inputs do not fit the model
 ├── TransientError              retry later; the condition is expected to pass
 │   ├── BrokerUnavailableError  the queue backend cannot be reached
 │   ├── StoreUnavailableError   the results store cannot be reached
@@ -19,7 +22,9 @@ FleetinferError
 │   └── ReceiptExpiredError     ack / release / extend on a receipt that is no longer valid
 ├── InferenceError              the model ran and failed (execution error inside the runtime)
 ├── TaskTimeoutError            a task ran past its timeout_s: a failure, retried with backoff
-└── IntegrityError              an artifact does not match its recorded sha256
+├── IntegrityError              an artifact does not match its recorded sha256
+├── ArtifactLoadError           ONNX Runtime refused to load a source or compiled artifact
+└── AccuracyGateError           a compiled model loses more task metric than allowed: not published
 ```
 
 User task code steers the outcome of a task with :class:`fleetinfer.task.Retry` and
@@ -119,3 +124,44 @@ class TaskTimeoutError(FleetinferError):
 
 class IntegrityError(FleetinferError):
     """An artifact does not match its recorded sha256."""
+
+
+class UnsupportedBuildError(ConfigError):
+    """The target / precision combination cannot be built, or needs a missing package."""
+
+
+class NoFeasibleProfileError(ConfigError):
+    """No profiled configuration meets the latency and memory constraints."""
+
+
+class CalibrationError(InputError):
+    """Calibration or evaluation inputs are empty or do not match the model's inputs."""
+
+
+class ArtifactLoadError(FleetinferError):
+    """ONNX Runtime refused to load a source or compiled artifact."""
+
+
+class AccuracyGateError(FleetinferError):
+    """The compiled version loses more of the task metric than the gate allows."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        version: int,
+        metric: str,
+        source: float,
+        compiled: float,
+        threshold: float,
+    ) -> None:
+        drop = source - compiled
+        super().__init__(
+            f"accuracy gate refused to publish {model!r} version {version}: {metric} fell from "
+            f"{source:.4f} (FP32 source) to {compiled:.4f}, a drop of {drop:.4f} above the allowed "
+            f"{threshold:.4f}. The version is on disk but not served: fix the calibration "
+            "(representative inputs, another --calibration-method, --exclude-nodes for the heads) "
+            "or publish anyway with --force"
+        )
+        self.model, self.version, self.metric = model, version, metric
+        self.source, self.compiled, self.drop, self.threshold = source, compiled, drop, threshold

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleetinfer.errors import FleetinferError
 from fleetinfer.node.agent import NodeConfig, NodeReport, run_node
 from fleetinfer.node.sizing import pss_bytes
 from fleetinfer.queue import open_broker
@@ -99,7 +100,7 @@ class PssSampler:
         for pid in [os.getpid(), *child_pids(os.getpid())]:
             try:
                 size = pss_bytes(pid)
-            except OSError:
+            except (OSError, FleetinferError):  # the process ended between listing and reading
                 continue
             self.peak_bytes[pid] = max(size, self.peak_bytes.get(pid, 0))
             self.roles.setdefault(pid, process_role(pid))

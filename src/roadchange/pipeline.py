@@ -27,13 +27,18 @@ from typing import Any, Protocol
 import numpy as np
 
 from roadchange.errors import RoadchangeError
-from roadchange.raster import rasterize_windows, window_stations
+from roadchange.raster import CHANNELS, rasterize_windows, window_stations
 from roadchange.segfile import read_segment
 from roadchange.world import CHANGE_TYPES, Segment
 
 INPUT_NAME = "raster"
 CHANGED_OUTPUT, REMAP_OUTPUT, TYPE_OUTPUT = "changed_logit", "remap_logit", "type_logits"
 DEFAULT_MAX_BATCH = 64
+MISSING_PAINT_ROWS = 24
+"""Paint searched +-6 m along the road: a dashed line (3 m dash, 9 m gap) always has some there."""
+MISSING_PAINT_COLS = 3
+"""... and +-0.75 m across it (drives are aligned to the map; lines curve a little in a window)."""
+MISSING_PAINT_TYPE = "marking_deleted"
 
 Array = np.ndarray[Any, Any]
 
@@ -102,6 +107,8 @@ class AggregationRule:
     window_threshold_logit: float = 0.0
     remap_threshold_logit: float = 0.0
     secondary_type_share: float = 0.5
+    missing_paint_px: float = 90.0
+    missing_paint_px_per_logit: float = 10.0
 
 
 DEFAULT_RULE = AggregationRule()
@@ -128,6 +135,7 @@ class SegmentDecision:
     change_spans_m: tuple[tuple[float, float], ...]
     confidence: float
     score_logit: float
+    missing_paint_px: float
     windows: int
     model_calls: int
 
@@ -141,6 +149,7 @@ class SegmentDecision:
             "change_spans_m": [[round(a, 3), round(b, 3)] for a, b in self.change_spans_m],
             "confidence": round(self.confidence, 6),
             "score_logit": round(self.score_logit, 6),
+            "missing_paint_px": round(self.missing_paint_px, 3),
             "windows": self.windows,
             "model_calls": self.model_calls,
         }
@@ -162,6 +171,40 @@ def _softmax(logits: Array) -> Array:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs: Array = shifted / shifted.sum(axis=-1, keepdims=True)
     return probs
+
+
+def _any_nearby(mask: Array, rows: int, cols: int) -> Array:
+    """(N, H, W) bool: is any pixel of `mask` within +-rows and +-cols (summed-area table)?"""
+    n, h, w = mask.shape
+    table = np.zeros((n, h + 1, w + 1), np.int32)
+    table[:, 1:, 1:] = mask.astype(np.int32).cumsum(axis=1).cumsum(axis=2)
+    r0, r1 = np.clip(np.arange(h) - rows, 0, h), np.clip(np.arange(h) + rows + 1, 0, h)
+    c0, c1 = np.clip(np.arange(w) - cols, 0, w), np.clip(np.arange(w) + cols + 1, 0, w)
+    total = (
+        table[:, r1][:, :, c1]
+        - table[:, r0][:, :, c1]
+        - table[:, r1][:, :, c0]
+        + table[:, r0][:, :, c0]
+    )
+    found: Array = total > 0
+    return found
+
+
+def missing_paint_px(rasters: Array) -> Array:
+    """Per window (N,): map-line pixels (solid or dashed) that the drives covered (coverage at
+    least 0.5) but where no drive saw any paint within +-6 m along and +-0.75 m across.
+
+    A deleted marking is an *absence*, the faintest change for the CNN; this classical cue counts
+    it directly from the same rasters (a whole deleted line in a window is about 128 pixels;
+    unchanged windows rarely reach 45 on the default preset).
+    """
+    channel = {name: i for i, name in enumerate(CHANNELS)}
+    map_line = (rasters[:, channel["map_solid"]] + rasters[:, channel["map_dashed"]]) > 0
+    covered = rasters[:, channel["drive_coverage"]] >= 0.5
+    paint = (rasters[:, channel["drive_solid"]] + rasters[:, channel["drive_dashed"]]) > 0
+    seen = _any_nearby(paint, MISSING_PAINT_ROWS, MISSING_PAINT_COLS)
+    counts: Array = (map_line & covered & ~seen).sum(axis=(1, 2)).astype(np.float32)
+    return counts
 
 
 def _flagged_windows(outputs: WindowOutputs, rule: AggregationRule) -> Array:
@@ -190,6 +233,14 @@ def _spans(stations_m: Array, flagged: Array, length_m: float) -> tuple[tuple[fl
     return tuple((a, b) for a, b in spans)
 
 
+def _paint_evidence(missing: Array | None, rule: AggregationRule) -> tuple[float, Array]:
+    """Top-k mean of the windows' missing paint, and the windows at or above the threshold."""
+    if missing is None or missing.size == 0:
+        return 0.0, np.zeros(0, np.int64)
+    flagged = np.flatnonzero(missing >= rule.missing_paint_px)
+    return segment_score(missing, rule.top_k), flagged
+
+
 def aggregate_windows(
     segment_id: str,
     stations_m: Array,
@@ -198,22 +249,38 @@ def aggregate_windows(
     *,
     rule: AggregationRule = DEFAULT_RULE,
     model_calls: int = 0,
+    missing_paint: Array | None = None,
 ) -> SegmentDecision:
-    """Window outputs of one segment -> its decision (pure numpy, the rule is the docstring's)."""
+    """Window outputs of one segment -> its decision (pure numpy, the rule is the docstring's).
+
+    `missing_paint` (N,) is `missing_paint_px` of the windows: a segment whose top-k mean reaches
+    `rule.missing_paint_px` is changed (`marking_deleted`) even when the CNN says no.
+    """
     score = segment_score(outputs.changed_logit, rule.top_k)
     margin = score - rule.threshold_logit
-    changed = margin > 0
-    flagged = _flagged_windows(outputs, rule)
+    paint_score, paint_windows = _paint_evidence(missing_paint, rule)
+    paint_margin = (paint_score - rule.missing_paint_px) / rule.missing_paint_px_per_logit
+    by_model, by_paint = margin > 0, paint_margin >= 0
+    changed = by_model or by_paint
+    flagged = (
+        _flagged_windows(outputs, rule) if by_model or not paint_windows.size else paint_windows
+    )
     remap_logit = float(outputs.remap_logit[flagged].mean())
+    if by_model:
+        types = _change_types(outputs, flagged, rule)
+    else:
+        types = (MISSING_PAINT_TYPE,) if by_paint else ()
+    best = max(margin, paint_margin)
     return SegmentDecision(
         segment_id=segment_id,
         changed=changed,
-        remap=changed and remap_logit > rule.remap_threshold_logit,
-        change_types=_change_types(outputs, flagged, rule) if changed else (),
+        remap=by_model and remap_logit > rule.remap_threshold_logit,
+        change_types=types,
         change_stations_m=tuple(float(s) for s in stations_m[flagged]) if changed else (),
         change_spans_m=_spans(stations_m, flagged, length_m) if changed else (),
-        confidence=_sigmoid(margin) if changed else 1.0 - _sigmoid(margin),
+        confidence=_sigmoid(best) if changed else 1.0 - _sigmoid(best),
         score_logit=score,
+        missing_paint_px=paint_score,
         windows=int(stations_m.size),
         model_calls=model_calls,
     )
@@ -264,13 +331,15 @@ class PreparedSegment:
     segment: Segment
     stations_m: Array
     rasters: Array
+    missing_paint_px: Array
 
 
 def prepare_segment(source: Path | str | Segment) -> PreparedSegment:
     """CPU stage: load the segment and rasterize its overlapping road-aligned windows."""
     segment = load_segment(source)
     stations = window_stations(segment.length_m)
-    return PreparedSegment(segment, stations, rasterize_windows(segment, stations))
+    rasters = rasterize_windows(segment, stations)
+    return PreparedSegment(segment, stations, rasters, missing_paint_px(rasters))
 
 
 def decide(
@@ -290,6 +359,7 @@ def decide(
         outputs,
         rule=rule,
         model_calls=calls,
+        missing_paint=prepared.missing_paint_px,
     )
 
 

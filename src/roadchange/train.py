@@ -84,9 +84,8 @@ class TrainConfig:
     type_loss_weight: float = 0.5
     threads: int = 2
     augment: bool = True
-    # weight of a window in the changed loss, by its change type (order of CHANGE_TYPES): a
-    # deleted marking is the faintest change (absence of paint that dropouts also cause)
-    type_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.5, 3.0, 1.0)
+    # weight of a window in the changed loss, by its change type (order of CHANGE_TYPES)
+    type_weights: tuple[float, ...] = (1.0,) * 7
     widths: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:

@@ -10,7 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fleetinfer.cli.compile import EXIT_GATE, compile_cmd, profile_cmd
+from fleetinfer.cli.common import ExitCode
+from fleetinfer.cli.compile import compile_cmd, profile_cmd
 from fleetinfer.client import ModelClient
 from fleetinfer.errors import IntegrityError
 from fleetinfer.server.repository import ModelRepository
@@ -90,7 +91,7 @@ def test_zero_calibration_is_refused_with_its_own_exit_code(
         "--publish",
         "--no-measure",
     )
-    assert code == EXIT_GATE
+    assert code == ExitCode.GATE
     assert "accuracy gate refused to publish" in err
     assert "drop of" in err
     assert ModelRepository(model_dir.parent).versions("tinyconv") == [1]

@@ -12,9 +12,9 @@ import pytest
 from fleetinfer.compile.accuracy import InputsEvaluator
 from fleetinfer.compile.calibration import ArraySource, ZeroSource
 from fleetinfer.compile.compiler import BenchSettings, CompileRequest, compile_model
-from fleetinfer.compile.errors import AccuracyGateError, CalibrationError
 from fleetinfer.compile.passes import QuantizationOptions
 from fleetinfer.compile.targets import ARM_BF16_FASTMATH
+from fleetinfer.errors import AccuracyGateError, CalibrationError
 from fleetinfer.server.repository import ModelRepository, file_sha256, verify_artifact
 from tests.helpers.tiny_conv import tiny_conv_eval_inputs, tiny_conv_inputs, tiny_conv_repository
 

@@ -16,7 +16,6 @@ from fleetinfer.compile.calibration import (
     inputs_sha256,
 )
 from fleetinfer.compile.configfile import update_config
-from fleetinfer.compile.errors import CalibrationError, UnsupportedBuildError
 from fleetinfer.compile.manifest import (
     AccuracyInfo,
     Manifest,
@@ -33,7 +32,7 @@ from fleetinfer.compile.targets import (
     session_config_entries,
     unavailable_reason,
 )
-from fleetinfer.errors import ConfigError, ModelConfigError
+from fleetinfer.errors import CalibrationError, ConfigError, ModelConfigError, UnsupportedBuildError
 from fleetinfer.server.repository import parse_config
 from tests.helpers.tiny_conv import tiny_conv_inputs, tiny_conv_repository
 

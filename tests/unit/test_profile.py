@@ -8,9 +8,8 @@ import pytest
 
 from fleetinfer.compile.calibration import ArraySource, ZeroSource
 from fleetinfer.compile.compiler import CompileRequest, compile_model
-from fleetinfer.compile.errors import NoFeasibleProfileError
 from fleetinfer.compile.profile import Constraints, ProfileSpace, profile_model, write_profile
-from fleetinfer.errors import ConfigError
+from fleetinfer.errors import ConfigError, NoFeasibleProfileError
 from fleetinfer.server.repository import ModelRepository
 from tests.helpers.tiny_conv import tiny_conv_inputs, tiny_conv_repository
 

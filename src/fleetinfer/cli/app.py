@@ -5,19 +5,20 @@ fleetinfer run APP:TASK --queue URL --results URL [--workers N] [--exit-when-emp
 fleetinfer status --queue URL [--json]
 fleetinfer dlq list|redrive --queue URL
 fleetinfer serve --models REPO                 (the node's model server)
-fleetinfer demo                                (when fleetinfer.cli.demo is installed)
+fleetinfer compile REPO/MODEL --target T --precision P
+fleetinfer profile REPO/MODEL
+fleetinfer demo                                (the main job on the embedded defaults)
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from typing import Any
-
 import typer
 
+from fleetinfer.cli.compile import compile_cmd, profile_cmd
+from fleetinfer.cli.demo import demo
 from fleetinfer.cli.dlq import dlq_app
 from fleetinfer.cli.run import run
+from fleetinfer.cli.serve import serve_command
 from fleetinfer.cli.status import status
 from fleetinfer.cli.submit import submit
 
@@ -34,20 +35,10 @@ app.command("status")(status)
 app.add_typer(dlq_app, name="dlq")
 
 
-def _optional_command(name: str, module: str, attribute: str) -> None:
-    """Register `fleetinfer <name>` from `module.attribute` if that module exists yet."""
-    try:
-        loaded = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        return
-    command: Callable[..., Any] = getattr(loaded, attribute)
-    app.command(name)(command)
-
-
-_optional_command("serve", "fleetinfer.cli.serve", "serve_command")
-_optional_command("demo", "fleetinfer.cli.demo", "demo")
+app.command("serve")(serve_command)
+app.command("compile")(compile_cmd)
+app.command("profile")(profile_cmd)
+app.command("demo")(demo)
 
 
 def main() -> None:

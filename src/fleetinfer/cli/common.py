@@ -29,6 +29,7 @@ class ExitCode(IntEnum):
     CONFIG = 3  # fix the configuration: URL, target, option
     INPUT = 4  # fix the input: a file, a payload
     UNAVAILABLE = 5  # a service could not be reached: retry later
+    GATE = 6  # the accuracy gate refused to publish a compiled model
     INTERRUPTED = 130  # Ctrl-C outside a node's graceful drain
 
 

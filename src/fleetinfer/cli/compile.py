@@ -1,7 +1,7 @@
 """`fleetinfer compile REPO/MODEL` and `fleetinfer profile REPO/MODEL` (see docs/compile.md).
 
 Register in the app: `app.command("compile")(compile_cmd)` and `app.command("profile")(profile_cmd)`.
-Exit codes: those of `fleetinfer.cli.common.ExitCode`, plus `EXIT_GATE` (6) when the accuracy gate
+Exit codes: those of `fleetinfer.cli.common.ExitCode`, including `ExitCode.GATE` (6) when the accuracy gate
 failed (with `--publish`: the version was written but not published).
 """
 
@@ -16,11 +16,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fleetinfer.cli.common import JsonOption, exit_on_error, print_json, stderr, stdout
+from fleetinfer.cli.common import (
+    ExitCode,
+    JsonOption,
+    exit_on_error,
+    print_json,
+    stderr,
+    stdout,
+)
 from fleetinfer.compile.accuracy import Evaluator, InputsEvaluator
 from fleetinfer.compile.calibration import CalibrationSource, NpzSource, ZeroSource, collect
 from fleetinfer.compile.compiler import BenchSettings, CompileRequest, CompileResult, compile_model
-from fleetinfer.compile.errors import AccuracyGateError
 from fleetinfer.compile.passes import QuantizationOptions
 from fleetinfer.compile.profile import (
     Constraints,
@@ -31,10 +37,9 @@ from fleetinfer.compile.profile import (
 )
 from fleetinfer.compile.roadchange import RoadchangeCalibration, RoadchangeEvaluator
 from fleetinfer.compile.targets import PRECISIONS, TARGETS
-from fleetinfer.errors import ConfigError, ModelConfigError
+from fleetinfer.errors import AccuracyGateError, ConfigError, ModelConfigError
 from fleetinfer.server.repository import ModelRepository
 
-EXIT_GATE = 6
 ROADCHANGE = "roadchange"
 ZEROS = "zeros"
 
@@ -201,10 +206,10 @@ def _run_compile(
             result = compile_model(request, calibration=source, evaluator=evaluator, on_step=step)
     except AccuracyGateError as exc:
         stderr.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
-        raise typer.Exit(EXIT_GATE) from None
+        raise typer.Exit(ExitCode.GATE) from None
     _report_compile(result, json_output)
     if result.manifest.accuracy.gate == "failed":
-        raise typer.Exit(EXIT_GATE)
+        raise typer.Exit(ExitCode.GATE)
 
 
 def _report_compile(result: CompileResult, json_output: bool) -> None:

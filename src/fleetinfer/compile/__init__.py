@@ -15,13 +15,6 @@ roadchange.py   CDNet calibration windows and segment-pipeline evaluation (roadc
 from fleetinfer.compile.accuracy import Evaluator, InputsEvaluator
 from fleetinfer.compile.calibration import ArraySource, CalibrationSource, NpzSource
 from fleetinfer.compile.compiler import BenchSettings, CompileRequest, CompileResult, compile_model
-from fleetinfer.compile.errors import (
-    AccuracyGateError,
-    ArtifactLoadError,
-    CalibrationError,
-    NoFeasibleProfileError,
-    UnsupportedBuildError,
-)
 from fleetinfer.compile.manifest import Manifest, read_manifest
 from fleetinfer.compile.passes import QuantizationOptions
 from fleetinfer.compile.profile import (
@@ -32,6 +25,13 @@ from fleetinfer.compile.profile import (
     write_profile,
 )
 from fleetinfer.compile.targets import PRECISIONS, TARGETS
+from fleetinfer.errors import (
+    AccuracyGateError,
+    ArtifactLoadError,
+    CalibrationError,
+    NoFeasibleProfileError,
+    UnsupportedBuildError,
+)
 
 __all__ = [
     "PRECISIONS",

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fleetinfer.compile.errors import CalibrationError
+from fleetinfer.errors import CalibrationError
 from fleetinfer.server.repository import ModelConfig
 
 Array = np.ndarray[Any, Any]

@@ -46,7 +46,6 @@ from fleetinfer.compile.calibration import (
     inputs_sha256,
 )
 from fleetinfer.compile.configfile import TomlValue, update_config
-from fleetinfer.compile.errors import AccuracyGateError, CalibrationError
 from fleetinfer.compile.manifest import (
     AccuracyInfo,
     LatencyInfo,
@@ -79,6 +78,7 @@ from fleetinfer.compile.targets import (
     session_config_entries,
     unavailable_reason,
 )
+from fleetinfer.errors import AccuracyGateError, CalibrationError
 from fleetinfer.server.repository import (
     CONFIG_FILE,
     MODEL_FILE,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from fleetinfer.compile.errors import ArtifactLoadError
+from fleetinfer.errors import ArtifactLoadError
 
 Array = np.ndarray[Any, Any]
 Tensors = dict[str, Array]

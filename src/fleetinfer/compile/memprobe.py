@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fleetinfer.compile.errors import ArtifactLoadError
+from fleetinfer.errors import ArtifactLoadError
 
 
 def probe(spec: Mapping[str, Any]) -> dict[str, float]:

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from fleetinfer.compile.calibration import CalibrationReader, Tensors
-from fleetinfer.compile.errors import UnsupportedBuildError
 from fleetinfer.compile.measure import open_session
 from fleetinfer.compile.targets import Target, int8_reduce_range
-from fleetinfer.errors import MissingExtraError
+from fleetinfer.errors import MissingExtraError, UnsupportedBuildError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZATION_MODES = ("static", "dynamic")

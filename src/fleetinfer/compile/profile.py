@@ -19,12 +19,11 @@ from typing import Any
 
 from fleetinfer.compile.calibration import RandomSource, Tensors, collect
 from fleetinfer.compile.configfile import TomlValue, update_config
-from fleetinfer.compile.errors import NoFeasibleProfileError
 from fleetinfer.compile.manifest import read_manifest
 from fleetinfer.compile.measure import Timing, interleaved, open_session, timed_round, warm_up
 from fleetinfer.compile.memprobe import measure_memory
 from fleetinfer.compile.targets import host_description
-from fleetinfer.errors import ConfigError
+from fleetinfer.errors import ConfigError, NoFeasibleProfileError
 from fleetinfer.server.repository import (
     CONFIG_FILE,
     MODEL_FILE,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from fleetinfer.compile.errors import UnsupportedBuildError
+from fleetinfer.errors import UnsupportedBuildError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
