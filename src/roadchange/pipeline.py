@@ -10,7 +10,12 @@ on all windows in a few batched calls, and aggregates the window outputs into a 
   threshold: its changed bias was shifted by the threshold chosen on validation seeds);
 - the flagged windows (logit above `window_threshold_logit`, at least the best one) give the
   stations and spans of the change, the change types (type probabilities weighted by the window's
-  change probability) and the remap decision (mean remap logit over flagged windows).
+  change probability) and the remap decision (mean remap logit over flagged windows);
+- a classical cue backs the CNN on the faintest change, a deleted marking: `missing_paint_px`
+  counts mapped line pixels the drives covered but never saw paint near; when the top-k mean
+  over windows reaches `missing_paint_px` (90, chosen on the validation seeds 900/901, indices
+  0-149: default unchanged segments stay below 45, deleted markings above 94), the segment is
+  changed with type `marking_deleted` even if the CNN says no.
 
 The pipeline never reads `segment.label`: only `roadchange.evaluate` does.
 """

@@ -36,6 +36,7 @@ def _outcome(true_type: str, predicted: bool, predicted_type: str | None = None)
         change_spans_m=((112.0, 128.0),) if predicted else (),
         confidence=0.9,
         score_logit=1.0 if predicted else -1.0,
+        missing_paint_px=0.0,
         windows=25,
         model_calls=1,
     )

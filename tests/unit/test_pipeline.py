@@ -17,10 +17,12 @@ from roadchange.pipeline import (
     OnnxModel,
     WindowOutputs,
     aggregate_windows,
+    missing_paint_px,
     run_windows,
     segment_score,
     shipped_model_repository,
 )
+from roadchange.raster import CHANNELS
 from roadchange.world import CHANGE_TYPES
 
 Array = np.ndarray[Any, Any]
@@ -151,3 +153,47 @@ def test_the_shipped_model_repository_is_the_models_folder_of_the_package() -> N
     assert root.name == "models"
     assert root.parent.name == "roadchange"
     assert root.is_dir()
+
+
+def _window_with_line(*, dash_rows: range | None, coverage: float) -> Array:
+    """One 9-channel 128x128 window: a mapped dashed line in column 60, drive dashes where told."""
+    raster = np.zeros((1, len(CHANNELS), 128, 128), np.float32)
+    raster[0, CHANNELS.index("map_dashed"), :, 60] = 1.0
+    raster[0, CHANNELS.index("drive_coverage")] = coverage
+    for start in dash_rows or ():
+        raster[0, CHANNELS.index("drive_dashed"), start : start + 12, 61] = 0.5  # 3 m dash
+    return raster
+
+
+def test_a_covered_mapped_line_without_any_drive_paint_counts_as_missing_paint() -> None:
+    assert missing_paint_px(_window_with_line(dash_rows=None, coverage=1.0)).tolist() == [128.0]
+
+
+def test_a_dashed_line_seen_every_twelve_metres_has_no_missing_paint() -> None:
+    dashes = range(0, 128, 48)  # a 3 m dash every 12 m
+    assert missing_paint_px(_window_with_line(dash_rows=dashes, coverage=1.0)).tolist() == [0.0]
+
+
+def test_a_line_no_drive_covered_is_not_missing_paint() -> None:
+    assert missing_paint_px(_window_with_line(dash_rows=None, coverage=0.25)).tolist() == [0.0]
+
+
+def test_missing_paint_alone_makes_a_segment_changed_as_a_deleted_marking() -> None:
+    missing = np.zeros(25, np.float32)
+    missing[[7, 8]] = 120.0
+    decision = aggregate_windows(
+        "s", STATIONS, 400.0, _outputs(np.full(25, -6.0)), missing_paint=missing
+    )
+    assert decision.changed
+    assert not decision.remap
+    assert decision.change_types == ("marking_deleted",)
+    assert decision.change_spans_m == ((112.0, 144.0),)
+    assert decision.missing_paint_px == pytest.approx(120.0)
+
+
+def test_missing_paint_below_the_threshold_changes_nothing() -> None:
+    missing = np.full(25, 40.0, np.float32)
+    decision = aggregate_windows(
+        "s", STATIONS, 400.0, _outputs(np.full(25, -6.0)), missing_paint=missing
+    )
+    assert not decision.changed
