@@ -483,8 +483,8 @@ presets {list(config.presets)}; not a model of real sensor data.
 
 ## Training
 
-Seed {config.seed} (training seeds {TRAIN_SEED_RANGE.start}..{TRAIN_SEED_RANGE.stop - 1};
-validation seed {VALIDATION_SEED}; evaluation seeds {EVALUATION_SEEDS} are never used in training).
+Seed {config.seed}, i.e. dataset seeds {config.seed} (default) / {config.seed + 1} (hard) (training seeds {TRAIN_SEED_RANGE.start}..{TRAIN_SEED_RANGE.stop - 1};
+validation seeds {VALIDATION_SEED} (default) / {VALIDATION_SEED + 1} (hard); evaluation seeds {EVALUATION_SEEDS} are never used in training).
 {result.train_windows} training windows, final training loss {result.final_loss:.4f}.
 Time: data {result.seconds["data"]:.0f} s, fit {result.seconds["fit"]:.0f} s, calibration
 {result.seconds["calibrate"]:.0f} s.
@@ -493,7 +493,7 @@ Time: data {result.seconds["data"]:.0f} s, fit {result.seconds["fit"]:.0f} s, ca
 {json.dumps({"train": asdict(config), "model": model.config.to_dict()}, indent=2)}
 ```
 
-## Calibration and validation (seed {VALIDATION_SEED})
+## Calibration and validation (seeds {VALIDATION_SEED} / {VALIDATION_SEED + 1}, CNN alone)
 
 Segment score: mean of the top {DEFAULT_RULE.top_k} window `changed_logit`s. The threshold
 {result.threshold_logit:.4f} chosen on the validation segments (best mean macc over presets) was
