@@ -58,6 +58,7 @@ def decision_from_json(data: dict[str, Any]) -> SegmentDecision:
         change_spans_m=tuple((float(a), float(b)) for a, b in data["change_spans_m"]),
         confidence=float(data["confidence"]),
         score_logit=float(data["score_logit"]),
+        missing_paint_px=float(data["missing_paint_px"]),
         windows=int(data["windows"]),
         model_calls=int(data["model_calls"]),
     )
