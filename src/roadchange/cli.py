@@ -16,12 +16,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from roadchange.errors import RoadchangeError
 
 app = typer.Typer(help="Road change detection on synthetic HD-map segments.", no_args_is_help=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # soft wrap: a path in a message stays greppable
 
 
 class ExitCode(IntEnum):
@@ -52,7 +53,7 @@ def _progress(total: int, what: str, *, enabled: bool = True) -> Iterator[Callab
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}")
+    err.print(f"[red]error:[/red] {escape(str(exc))}")
     return typer.Exit(ExitCode.BAD_INPUT)
 
 
@@ -164,7 +165,7 @@ def evaluate(
     except RoadchangeError as exc:
         raise _fail(exc) from exc
     for failure in report.failures:
-        err.print(f"[yellow]failed:[/yellow] {failure.error}")
+        err.print(f"[yellow]failed:[/yellow] {escape(failure.error)}")
     if as_json:
         typer.echo(json.dumps(report.to_json()))
     else:
