@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -197,3 +199,11 @@ def test_missing_paint_below_the_threshold_changes_nothing() -> None:
         "s", STATIONS, 400.0, _outputs(np.full(25, -6.0)), missing_paint=missing
     )
     assert not decision.changed
+
+
+def test_the_runtime_modules_never_import_torch() -> None:
+    code = (
+        "import sys, roadchange.pipeline, roadchange.evaluate, roadchange.cli; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False, timeout=120).returncode == 0
