@@ -53,7 +53,7 @@ def _progress(total: int, what: str, *, enabled: bool = True) -> Iterator[Callab
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(str(exc))}")
+    err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
     return typer.Exit(ExitCode.BAD_INPUT)
 
 
@@ -165,7 +165,7 @@ def evaluate(
     except RoadchangeError as exc:
         raise _fail(exc) from exc
     for failure in report.failures:
-        err.print(f"[yellow]failed:[/yellow] {escape(failure.error)}")
+        err.print(f"[yellow]failed:[/yellow] {escape(failure.error)}", soft_wrap=True)
     if as_json:
         typer.echo(json.dumps(report.to_json()))
     else:
