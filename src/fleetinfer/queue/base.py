@@ -11,8 +11,9 @@ dead-letter queue instead of being delivered again. Bodies are text (JSON on the
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,3 +226,21 @@ class Broker(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+POLL_MIN_S = 0.005
+POLL_MAX_S = 0.05
+
+
+def long_poll(receive_once: Callable[[], list[Message]], wait_s: float) -> list[Message]:
+    """Call `receive_once` until it returns messages or `wait_s` passes, backing off from 5 ms to
+    50 ms between empty tries (long polling for backends without a blocking receive)."""
+    deadline = time.monotonic() + wait_s
+    pause_s = POLL_MIN_S
+    while True:
+        messages = receive_once()
+        remaining_s = deadline - time.monotonic()
+        if messages or remaining_s <= 0:
+            return messages
+        time.sleep(min(pause_s, remaining_s))
+        pause_s = min(pause_s * 2, POLL_MAX_S)

@@ -40,6 +40,7 @@ from fleetinfer.queue.base import (
     check_body_size,
     check_delay,
     check_receive_args,
+    long_poll,
     raise_if_stale,
 )
 from fleetinfer.queue.url import BrokerUrl, check_settings
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
     from redis.commands.core import Script
 
 GROUP = "fleetinfer"
-POLL_MIN_S = 0.005
-POLL_MAX_S = 0.05
 _SCRIPTS = ("receive", "settle", "send_delayed", "redrive", "stats")
 
 
@@ -194,15 +193,7 @@ class RedisBroker(Broker):
     ) -> list[Message]:
         check_receive_args(max_messages, wait_s, visibility_timeout_s)
         timeout_s = visibility_timeout_s or self.visibility_timeout_s
-        deadline = time.monotonic() + wait_s
-        pause_s = POLL_MIN_S
-        while True:
-            messages = self._receive_once(max_messages, timeout_s)
-            remaining_s = deadline - time.monotonic()
-            if messages or remaining_s <= 0:
-                return messages
-            time.sleep(min(pause_s, remaining_s))
-            pause_s = min(pause_s * 2, POLL_MAX_S)
+        return long_poll(lambda: self._receive_once(max_messages, timeout_s), wait_s)
 
     def _receive_once(self, max_messages: int, timeout_s: float) -> list[Message]:
         keys = [
