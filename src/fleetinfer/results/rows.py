@@ -105,3 +105,19 @@ def upsert_clause(table: str) -> str:
         f"ON CONFLICT (task_id) DO UPDATE SET {assignments} "
         f"WHERE {table}.status <> 'succeeded' AND excluded.status = 'succeeded'"
     )
+
+
+def result_row(result: TaskResult) -> tuple[Any, ...]:
+    """The validated column values of a result, in `_COLUMNS` order (value as JSON text)."""
+    status = check_result(result)
+    return (
+        result.task_id,
+        result.task_name,
+        status.value,
+        encode_value(result),
+        result.error,
+        result.attempts,
+        result.worker,
+        result.started_at,
+        result.finished_at,
+    )

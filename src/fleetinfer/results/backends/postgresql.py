@@ -19,10 +19,9 @@ from fleetinfer.results.base import ResultStore, TaskResult, TaskStatus
 from fleetinfer.results.rows import (
     DEFAULT_TABLE,
     check_batch_size,
-    check_result,
     check_table_name,
-    encode_value,
     result_from_row,
+    result_row,
     split_options,
     upsert_clause,
 )
@@ -111,18 +110,7 @@ class PostgresResultStore(ResultStore):
             yield self._connection()
 
     def put(self, result: TaskResult) -> bool:
-        status = check_result(result)
-        row = (
-            result.task_id,
-            result.task_name,
-            status.value,
-            encode_value(result),
-            result.error,
-            result.attempts,
-            result.worker,
-            result.started_at,
-            result.finished_at,
-        )
+        row = result_row(result)
         with self._db() as conn:
             cur = conn.execute(
                 self._sql(
