@@ -36,9 +36,9 @@ from fleetinfer.queue.base import (
     raise_if_stale,
 )
 from fleetinfer.queue.url import BrokerUrl, check_settings
+from fleetinfer.sqlite import connect_wal
 
 SCHEMA_SQL = resources.files(__package__).joinpath("sqlite_schema.sql").read_text("utf-8")
-BUSY_TIMEOUT_S = 30.0
 
 _Row = tuple[int, str, str, int, float]  # seq, id, body, receive_count, sent_at
 
@@ -134,21 +134,8 @@ class SqliteBroker(Broker):
         return self._conn
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"SQLite broker {self.url!r}: cannot create the folder {self.path.parent} "
-                f"({exc.strerror}): point the URL at a writable path"
-            ) from exc
         with _translate_sqlite_errors(self.url):
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(SCHEMA_SQL)
-        return conn
+            return connect_wal(self.path, what=f"SQLite broker {self.url!r}", schema_sql=SCHEMA_SQL)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

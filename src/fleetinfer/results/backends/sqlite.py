@@ -29,9 +29,9 @@ from fleetinfer.results.rows import (
     split_options,
     upsert_clause,
 )
+from fleetinfer.sqlite import connect_wal
 
 SCHEMA_SQL = resources.files(__package__).joinpath("sqlite_schema.sql").read_text("utf-8")
-BUSY_TIMEOUT_S = 30.0
 _COLUMNS = "task_id, task_name, status, value, error, attempts, worker, started_at, finished_at"
 
 
@@ -86,23 +86,14 @@ class SqliteResultStore(ResultStore):
         return self._conn
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"SQLite results store {self.url!r}: cannot create the folder {self.path.parent} "
-                f"({exc.strerror}): point the URL at a writable path"
-            ) from exc
         with _translate_sqlite_errors(self.url):
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            return connect_wal(
+                self.path,
+                what=f"SQLite results store {self.url!r}",
+                schema_sql=SCHEMA_SQL.format(
+                    table=f'"{self.table}"', index=f'"{self.table}_by_status"'
+                ),
             )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(
-                SCHEMA_SQL.format(table=f'"{self.table}"', index=f'"{self.table}_by_status"')
-            )
-        return conn
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
