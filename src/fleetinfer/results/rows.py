@@ -96,6 +96,8 @@ UPDATABLE_COLUMNS = (
     "started_at",
     "finished_at",
 )
+COLUMNS = ", ".join(("task_id", *UPDATABLE_COLUMNS))
+"""The stored columns, in the order `result_row` gives and `result_from_row` reads."""
 
 
 def upsert_clause(table: str) -> str:
@@ -108,7 +110,7 @@ def upsert_clause(table: str) -> str:
 
 
 def result_row(result: TaskResult) -> tuple[Any, ...]:
-    """The validated column values of a result, in `_COLUMNS` order (value as JSON text)."""
+    """The validated column values of a result, in `COLUMNS` order (value as JSON text)."""
     status = check_result(result)
     return (
         result.task_id,

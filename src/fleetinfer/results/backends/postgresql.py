@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from fleetinfer.errors import ConfigError, MissingExtraError, StoreUnavailableError
 from fleetinfer.results.base import ResultStore, TaskResult, TaskStatus
 from fleetinfer.results.rows import (
+    COLUMNS,
     DEFAULT_TABLE,
     check_batch_size,
     check_table_name,
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 SCHEMA_SQL = resources.files(__package__).joinpath("postgresql_schema.sql").read_text("utf-8")
 CONNECT_TIMEOUT_S = 10
-_COLUMNS = "task_id, task_name, status, value, error, attempts, worker, started_at, finished_at"
 
 
 def _import_psycopg() -> Any:
@@ -114,7 +114,7 @@ class PostgresResultStore(ResultStore):
         with self._db() as conn:
             cur = conn.execute(
                 self._sql(
-                    f"INSERT INTO {{table}} ({_COLUMNS}) "
+                    f"INSERT INTO {{table}} ({COLUMNS}) "
                     "VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s) " + upsert_clause("{table}")
                 ),
                 row,
@@ -124,7 +124,7 @@ class PostgresResultStore(ResultStore):
     def get(self, task_id: str) -> TaskResult | None:
         with self._db() as conn:
             row = conn.execute(
-                self._sql(f"SELECT {_COLUMNS} FROM {{table}} WHERE task_id = %s"), (task_id,)
+                self._sql(f"SELECT {COLUMNS} FROM {{table}} WHERE task_id = %s"), (task_id,)
             ).fetchone()
         return None if row is None else result_from_row(row, row[3])
 
@@ -146,7 +146,7 @@ class PostgresResultStore(ResultStore):
             with self._db() as conn:
                 rows = conn.execute(
                     self._sql(
-                        f"SELECT {_COLUMNS} FROM {{table}} WHERE task_id > %s "
+                        f"SELECT {COLUMNS} FROM {{table}} WHERE task_id > %s "
                         "ORDER BY task_id LIMIT %s"
                     ),
                     (after, batch_size),

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from fleetinfer.errors import ConfigError, StoreUnavailableError
 from fleetinfer.results.base import ResultStore, TaskResult, TaskStatus
 from fleetinfer.results.rows import (
+    COLUMNS,
     DEFAULT_TABLE,
     check_batch_size,
     check_table_name,
@@ -32,7 +33,6 @@ from fleetinfer.results.rows import (
 from fleetinfer.sqlite import connect_wal
 
 SCHEMA_SQL = resources.files(__package__).joinpath("sqlite_schema.sql").read_text("utf-8")
-_COLUMNS = "task_id, task_name, status, value, error, attempts, worker, started_at, finished_at"
 
 
 @contextmanager
@@ -104,7 +104,7 @@ class SqliteResultStore(ResultStore):
         row = (*result_row(result), time.time())
         with self._db() as conn:
             cur = conn.execute(
-                f'INSERT INTO "{self.table}" ({_COLUMNS}, stored_at) '
+                f'INSERT INTO "{self.table}" ({COLUMNS}, stored_at) '
                 "VALUES (?,?,?,?,?,?,?,?,?,?) " + upsert_clause(f'"{self.table}"'),
                 row,
             )
@@ -113,7 +113,7 @@ class SqliteResultStore(ResultStore):
     def get(self, task_id: str) -> TaskResult | None:
         with self._db() as conn:
             row = conn.execute(
-                f'SELECT {_COLUMNS} FROM "{self.table}" WHERE task_id = ?', (task_id,)
+                f'SELECT {COLUMNS} FROM "{self.table}" WHERE task_id = ?', (task_id,)
             ).fetchone()
         return None if row is None else result_from_row(row, json.loads(row[3]))
 
@@ -134,7 +134,7 @@ class SqliteResultStore(ResultStore):
         while True:
             with self._db() as conn:
                 rows = conn.execute(
-                    f'SELECT {_COLUMNS} FROM "{self.table}" WHERE task_id > ? '
+                    f'SELECT {COLUMNS} FROM "{self.table}" WHERE task_id > ? '
                     "ORDER BY task_id LIMIT ?",
                     (after, batch_size),
                 ).fetchall()
