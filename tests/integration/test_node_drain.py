@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from fleetinfer.queue import open_broker
+from fleetinfer.queue.base import Broker
 from fleetinfer.results import TaskStatus, open_store
 from fleetinfer.task import send_tasks
 from tests.apps.harness import NodeProcess, wait_for
@@ -28,22 +29,30 @@ def urls(tmp_path: Path) -> tuple[str, str]:
     )
 
 
+def sigterm_with_two_in_flight(
+    broker: Broker, urls: tuple[str, str], tmp_path: Path, *, grace_s: float
+) -> tuple[NodeProcess, float]:
+    """Run a 2-worker node, SIGTERM it once two tasks are in flight; it must exit 0 within the
+    grace period (plus slack). Returns the node and the seconds from SIGTERM to exit."""
+    node = NodeProcess("tests.apps.jobs:app", *urls, "--workers", "2", "--grace-s", str(grace_s),
+                       log_path=tmp_path / "node.log")  # fmt: skip
+    try:
+        wait_for(lambda: broker.stats().in_flight == 2, 60, "two tasks in flight")
+        sent_at = time.monotonic()
+        node.terminate()
+        assert node.wait(grace_s + 8) == 0, node.log()
+        return node, time.monotonic() - sent_at
+    finally:
+        node.close()
+
+
 def test_sigterm_lets_in_flight_tasks_finish_within_the_grace_period(
     urls: tuple[str, str], tmp_path: Path
 ) -> None:
     queue_url, results_url = urls
     with open_broker(queue_url) as broker, open_store(results_url) as store:
         send_tasks(broker, "nap", [{"s": 1.5}] * 4)
-        node = NodeProcess("tests.apps.jobs:app", queue_url, results_url, "--workers", "2",
-                           "--grace-s", "20", log_path=tmp_path / "node.log")  # fmt: skip
-        try:
-            wait_for(lambda: broker.stats().in_flight == 2, 60, "two tasks in flight")
-            sent_at = time.monotonic()
-            node.terminate()
-            assert node.wait(20) == 0, node.log()
-            took_s = time.monotonic() - sent_at
-        finally:
-            node.close()
+        node, took_s = sigterm_with_two_in_flight(broker, urls, tmp_path, grace_s=20)
         stats = broker.stats()
         finished = store.count(TaskStatus.SUCCEEDED)
         assert stats.in_flight == 0
@@ -59,16 +68,7 @@ def test_sigterm_releases_tasks_that_outlast_the_grace_period_at_once(
     queue_url, results_url = urls
     with open_broker(queue_url) as broker, open_store(results_url) as store:
         send_tasks(broker, "nap", [{"s": 60}] * 2)
-        node = NodeProcess("tests.apps.jobs:app", queue_url, results_url, "--workers", "2",
-                           "--grace-s", "2", log_path=tmp_path / "node.log")  # fmt: skip
-        try:
-            wait_for(lambda: broker.stats().in_flight == 2, 60, "two tasks in flight")
-            sent_at = time.monotonic()
-            node.terminate()
-            assert node.wait(10) == 0, node.log()
-            took_s = time.monotonic() - sent_at
-        finally:
-            node.close()
+        node, took_s = sigterm_with_two_in_flight(broker, urls, tmp_path, grace_s=2)
         assert took_s < 2.0 + 1.0  # the grace period, plus the time to exit a process
         stats = broker.stats()
         assert (stats.visible, stats.in_flight) == (2, 0)
