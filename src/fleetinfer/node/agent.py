@@ -72,6 +72,8 @@ class NodeConfig:
     poll_interval_s: float = 0.2
     verbose: bool = False
     server_intra_op_threads: int | None = None
+    worker_intra_op_threads: int | None = None
+    triton_url: str | None = None
 
     def __post_init__(self) -> None:
         if not self.grace_s >= 0:
@@ -101,6 +103,8 @@ class NodeConfig:
             results_url=self.results_url,
             models=None if self.models is None else str(self.models),
             client_mode=self.client_mode,
+            intra_op_threads=self.worker_intra_op_threads,
+            triton_url=self.triton_url,
             wait_s=self.receive_wait_s,
             max_message_bytes=self.max_message_bytes,
             grace_s=self.grace_s - self._drain_margin_s(),

@@ -77,6 +77,8 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     results_url: str
     models: str | None = None
     client_mode: str = "inprocess"
+    intra_op_threads: int | None = None
+    triton_url: str | None = None
     wait_s: float = 1.0
     max_message_bytes: int = MAX_MESSAGE_BYTES
     grace_s: float = 100.0
@@ -300,7 +302,12 @@ class Worker:
                 "start it with --models <repository folder> (or use the shared model server)"
             )
         models = None if self.config.models is None else Path(self.config.models)
-        return ModelClient.from_mode(self.config.client_mode, repository=models)
+        return ModelClient.from_mode(
+            self.config.client_mode,
+            repository=models,
+            intra_op_threads=self.config.intra_op_threads,
+            url=self.config.triton_url,
+        )
 
     # -- store and settle --------------------------------------------------------------------
 
