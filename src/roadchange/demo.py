@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleetinfer.errors import FleetinferError
+from fleetinfer.bench.measure import PssSampler
 from fleetinfer.node.agent import NodeConfig, NodeReport, run_node
-from fleetinfer.node.sizing import pss_bytes
 from fleetinfer.queue import open_broker
 from fleetinfer.results import open_store
 from fleetinfer.results.base import ResultStore, TaskStatus
@@ -67,79 +65,6 @@ class DemoSummary:
             "workers": self.node.plan.workers,
             "quality": self.quality.to_json(),
         }
-
-
-def child_pids(pid: int) -> list[int]:
-    """Every descendant of `pid` (Linux /proc), depth first."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            found += [child, *child_pids(child)]
-    return found
-
-
-class PssSampler:
-    """Samples the PSS of this process and its descendants; keeps each process's maximum."""
-
-    def __init__(self, interval_s: float = 0.5) -> None:
-        self.interval_s = interval_s
-        self.peak_bytes: dict[int, int] = {}
-        self.roles: dict[int, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="pss-sampler", daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample()
-
-    def sample(self) -> None:
-        for pid in [os.getpid(), *child_pids(os.getpid())]:
-            try:
-                size = pss_bytes(pid)
-            except (OSError, FleetinferError):  # the process ended between listing and reading
-                continue
-            self.peak_bytes[pid] = max(size, self.peak_bytes.get(pid, 0))
-            self.roles.setdefault(pid, process_role(pid))
-
-    def __enter__(self) -> PssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def summary_mib(self) -> dict[str, float]:
-        """Peak PSS by role: the agent (this process), the model server, each worker, the total."""
-        summary: dict[str, float] = {}
-        workers = 0
-        for pid, size in sorted(self.peak_bytes.items()):
-            role = self.roles[pid]
-            if role == "worker":
-                workers += 1
-                role = f"worker_{workers}"
-            summary[role] = round(summary.get(role, 0.0) + size / 2**20, 1)
-        summary["node_total"] = round(sum(self.peak_bytes.values()) / 2**20, 1)
-        return summary
-
-
-def process_role(pid: int) -> str:
-    """`agent`, `model_server`, `worker` or `other`, from the process's command line."""
-    if pid == os.getpid():
-        return "agent"
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "other"
-    if b"serve" in argv:
-        return "model_server"
-    if b"fleetinfer.node.process" in argv:
-        return "worker"
-    return "other"
 
 
 def prepare(config: DemoConfig, on_progress: Callable[[int], None] | None = None) -> list[Path]:

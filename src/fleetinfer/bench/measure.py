@@ -1,0 +1,176 @@
+"""What a benchmark measures on a running process tree: PSS per process over time, CPU seconds.
+
+PSS (`/proc/<pid>/smaps_rollup`) splits shared pages fairly between the processes that map them,
+so the PSS of a node's processes adds up to the node's memory; RSS would count a shared model
+once per process. The sampler reads it for this process and every descendant on a timer and keeps
+every sample with its time, so a report can pick the steady window (after the first task finished).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleetinfer.errors import FleetinferError
+from fleetinfer.node.sizing import pss_bytes
+
+MIB = 2**20
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+# (command-line fragment, role), first match wins; this process itself is the `agent`.
+_ROLES = (
+    (b"fleetinfer.bench.oneshot", "task_process"),
+    (b"fleetinfer.node.process", "worker"),
+    (b"triton", "triton"),
+    (b"serve", "model_server"),
+)
+_NUMBERED_ROLES = ("worker", "task_process")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Every descendant of `pid` (Linux /proc), depth first."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *child_pids(child)]
+    return found
+
+
+def process_role(pid: int) -> str:
+    """`agent`, `model_server`, `worker`, `triton`, `task_process` or `other`, from the command
+    line of the process."""
+    if pid == os.getpid():
+        return "agent"
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "other"
+    for fragment, role in _ROLES:
+        if any(fragment in arg for arg in argv):
+            return role
+    return "other"
+
+
+@dataclass(frozen=True, slots=True)
+class PssSample:
+    """The PSS and the CPU seconds so far of every process of the tree at one moment."""
+
+    at: float
+    bytes_by_pid: dict[int, int]
+    cpu_s_by_pid: dict[int, float]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes_by_pid.values())
+
+
+class PssSampler:
+    """Samples the PSS of this process and its descendants every `interval_s`, in a thread."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.samples: list[PssSample] = []
+        self.roles: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pss-sampler", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def sample(self) -> None:
+        sizes: dict[int, int] = {}
+        cpu: dict[int, float] = {}
+        for pid in [os.getpid(), *child_pids(os.getpid())]:
+            try:
+                sizes[pid] = pss_bytes(pid)
+                cpu[pid] = process_cpu_s(pid)
+            except (OSError, FleetinferError):  # the process ended between listing and reading
+                sizes.pop(pid, None)
+                continue
+            self.roles.setdefault(pid, process_role(pid))
+        self.samples.append(PssSample(time.time(), sizes, cpu))
+
+    def __enter__(self) -> PssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_bytes(self) -> dict[int, int]:
+        """Each process's largest PSS over all samples."""
+        peaks: dict[int, int] = {}
+        for sample in self.samples:
+            for pid, size in sample.bytes_by_pid.items():
+                peaks[pid] = max(size, peaks.get(pid, 0))
+        return peaks
+
+    def summary_mib(self) -> dict[str, float]:
+        """Peak PSS by role (workers numbered by pid) and the sum of the peaks as `node_total`."""
+        summary = role_mib(self.peak_bytes, self.roles)
+        summary["node_total"] = round(sum(self.peak_bytes.values()) / MIB, 1)
+        return summary
+
+    def window(self, start: float, end: float) -> list[PssSample]:
+        """The samples taken between `start` and `end` (`time.time()` values)."""
+        return [s for s in self.samples if start <= s.at <= end]
+
+
+def role_mib(bytes_by_pid: dict[int, int], roles: dict[int, str]) -> dict[str, float]:
+    """MiB by role: workers and task processes numbered by pid (`worker_1`, `worker_2` …), the
+    processes of one server (Triton's, or a restarted model server) added up."""
+    numbered: dict[str, int] = {}
+    summary: dict[str, float] = {}
+    for pid, size in sorted(bytes_by_pid.items()):
+        role = roles.get(pid, "other")
+        if role in _NUMBERED_ROLES:
+            numbered[role] = numbered.get(role, 0) + 1
+            role = f"{role}_{numbered[role]}"
+        summary[role] = round(summary.get(role, 0.0) + size / MIB, 1)
+    return summary
+
+
+def median_by_pid(samples: Iterable[PssSample]) -> dict[int, int]:
+    """Each process's median PSS over the samples in which it appears."""
+    series: dict[int, list[int]] = {}
+    for sample in samples:
+        for pid, size in sample.bytes_by_pid.items():
+            series.setdefault(pid, []).append(size)
+    return {pid: int(statistics.median(sizes)) for pid, sizes in series.items()}
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process so far (`/proc/<pid>/stat`, its own threads)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def window_cpu_s(samples: list[PssSample]) -> float:
+    """CPU seconds spent between the first and the last sample by the processes seen in both."""
+    if len(samples) < 2:
+        return 0.0
+    first, last = samples[0].cpu_s_by_pid, samples[-1].cpu_s_by_pid
+    return sum(last[pid] - first[pid] for pid in first.keys() & last.keys())
+
+
+def tree_cpu_s() -> float:
+    """CPU seconds (user + system) of this process and of its children that were waited for
+    (a child's own waited children included). Take it before and after a run: the difference is
+    what the run's process tree cost, processes that already exited included."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
