@@ -2,10 +2,12 @@
 
     fleetinfer run roadchange.tasks:check_segment --models src/roadchange/models
 
-The payload is `{"path": "<segment file>"}` (optionally `"max_batch"`); the result is the segment
-decision as JSON. A missing or corrupted segment file is bad input: the task is rejected (no retry)
-with the reason naming the file. The model is `ctx.model("cdnet")`, so the same code runs against an
-in-process ONNX Runtime session, the node's shared model server, or Triton.
+The payload is `{"path": "<segment file>"}`, optionally with `"max_batch"` (windows per model
+call, an integer >= 1) and `"model"` (the model's name in the repository, default `"cdnet"`; the
+heavier `"cdnet-l"` is for benchmarks); the result is the segment decision as JSON. A missing or
+corrupted segment file, or a field of the wrong type, is bad input: the task is rejected (no retry)
+with the reason. The model is `ctx.model(name)`, so the same code runs against an in-process ONNX
+Runtime session, the node's shared model server, or Triton.
 """
 
 from __future__ import annotations
@@ -36,12 +38,23 @@ def _max_batch(payload: dict[str, Any]) -> int:
     return value
 
 
+def _model_name(payload: dict[str, Any]) -> str:
+    value = payload.get("model", MODEL_NAME)
+    if not isinstance(value, str) or not value:
+        raise Reject(
+            f"payload field 'model' must be a model name (a non-empty string such as 'cdnet' or "
+            f"'cdnet-l'), got {value!r:.120}"
+        )
+    return value
+
+
 @app.task(name="check_segment", max_receives=3)
 def check_segment(ctx: TaskContext, payload: Any) -> dict[str, Any]:
-    """Check one road segment file for map changes."""
+    """Check one road segment file for map changes with the payload's model (default cdnet)."""
     path = _payload_path(payload)
     try:
-        decision = decide_segment(path, ctx.model(MODEL_NAME), max_batch=_max_batch(payload))
+        model = ctx.model(_model_name(payload))
+        decision = decide_segment(path, model, max_batch=_max_batch(payload))
     except SegmentFileError as exc:
         raise Reject(str(exc)) from exc
     return decision.to_json()

@@ -48,6 +48,8 @@ def test_the_task_checks_a_segment_file_with_the_model_it_is_given(tmp_path: Pat
         ({"file": "x"}, "expected a payload like"),
         ("just a string", "expected a payload like"),
         ({"path": "x.npz", "max_batch": 0}, "max_batch"),
+        ({"path": "x.npz", "model": 3}, "field 'model' must be a model name"),
+        ({"path": "x.npz", "model": ""}, "field 'model' must be a model name"),
     ],
 )
 def test_a_bad_payload_is_rejected_not_retried(payload: Any, reason: str) -> None:
@@ -60,3 +62,24 @@ def test_a_corrupted_segment_file_is_rejected_with_its_name(tmp_path: Path) -> N
     path.write_bytes(np.arange(100, dtype=np.uint8).tobytes())
     with pytest.raises(Reject, match=r"broken\.npz"):
         check_segment(context(None), {"path": str(path)})
+
+
+@pytest.mark.parametrize(("payload_model", "asked"), [(None, "cdnet"), ("cdnet-l", "cdnet-l")])
+def test_the_task_asks_for_the_payload_model_defaulting_to_cdnet(
+    tmp_path: Path, payload_model: str | None, asked: str
+) -> None:
+    [path] = generate_dataset(tmp_path, preset="default", segments=1, seed=31337)
+    model = OnnxModel(shipped_model_path(), threads=1)
+    names: list[str] = []
+
+    def models(name: str) -> Any:
+        names.append(name)
+        return model
+
+    ctx = TaskContext(
+        task_id="t-2", task_name="check_segment", receive_count=1,
+        logger=logging.getLogger("test"), _heartbeat=lambda: None, _models=models,
+    )  # fmt: skip
+    payload = {"path": str(path)} | ({} if payload_model is None else {"model": payload_model})
+    check_segment(ctx, payload)
+    assert names == [asked]
