@@ -1,0 +1,1 @@
+"""A tiny app with a model, for `fleetinfer bench` (see README, "Benchmark your own task")."""
