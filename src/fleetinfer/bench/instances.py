@@ -7,6 +7,7 @@ own table (`load_instances(path)`, TOML) for decisions that spend money.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,9 +51,13 @@ BUILTIN_INSTANCES: Mapping[str, InstanceShape] = {shape.name: shape for shape in
 
 
 def load_instances(path: Path) -> dict[str, InstanceShape]:
-    """Read a TOML table of shapes: `[instances."name"] vcpu = 32 memory_gib = 256 usd_per_hour = 2.0`."""
+    """Read a table of shapes, TOML (`[instances."name"] vcpu = 32 memory_gib = 256
+    usd_per_hour = 2.0`) or, for a `.json` file, the same as JSON (`{"instances": {"name": {…}}}`).
+    """
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))["instances"]
+        text = path.read_text(encoding="utf-8")
+        document = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        table = document["instances"]
         return {
             name: InstanceShape(
                 name=name,
@@ -65,10 +70,18 @@ def load_instances(path: Path) -> dict[str, InstanceShape]:
             )
             for name, entry in table.items()
         }
-    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (
+        OSError,
+        tomllib.TOMLDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+    ) as exc:
         raise ConfigError(
-            f'{path}: expected a TOML file of [instances."<name>"] tables with vcpu, memory_gib '
-            f"and usd_per_hour: {exc!r}"
+            f'{path}: expected a TOML file of [instances."<name>"] tables (or JSON '
+            '{"instances": {"<name>": {…}}}) with vcpu, memory_gib and usd_per_hour: '
+            f"{exc!r}"
         ) from exc
 
 

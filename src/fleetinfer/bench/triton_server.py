@@ -1,4 +1,4 @@
-"""Serve one model of a fleetinfer model repository through Triton, started by PyTriton.
+"""Serve the models of a fleetinfer model repository through Triton, started by PyTriton.
 
 This is the `triton` comparison point of the benchmarks: the same ONNX file, run by ONNX Runtime
 with the same thread budget, behind a real tritonserver (HTTP and gRPC, dynamic batching).
@@ -9,6 +9,8 @@ self-contained script: standard library, numpy, onnxruntime and pytriton only, n
     .venv-triton/bin/python src/fleetinfer/bench/triton_server.py --models REPO --model cdnet \
         --threads 2 --http-port 8000 --grpc-port 8001
 
+`--model` may be given several times; without it every model of the repository is served (as
+`fleetinfer serve` does). Each model gets one ONNX Runtime session of `--threads` threads.
 It prints one JSON line `{"ready": true, "http_port": …, "grpc_port": …}` once the model is served,
 then serves until SIGTERM / SIGINT.
 """
@@ -52,23 +54,10 @@ def _tensors(specs: list[dict[str, Any]]) -> list[Any]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--max-queue-delay-us", type=int, default=0)
-    args = parser.parse_args(argv)
-
+def _infer_function(config: dict[str, Any], path: Path, threads: int) -> Any:
     from pytriton.decorators import batch
-    from pytriton.model_config import DynamicBatcher, ModelConfig
-    from pytriton.triton import Triton, TritonConfig
 
-    config = tomllib.loads((args.models / args.model / "config.toml").read_text())
-    session = _session(_latest_version(args.models / args.model), args.threads)
+    session = _session(path, threads)
     output_names = [s["name"] for s in config["outputs"]]
     scalar_outputs = {s["name"] for s in config["outputs"] if len(s["shape"]) == 1}
 
@@ -80,6 +69,26 @@ def main(argv: list[str] | None = None) -> int:
             for name, out in zip(output_names, outputs, strict=True)
         }
 
+    return infer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, required=True)
+    parser.add_argument("--model", action="append", help="default: every model of --models")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--max-queue-delay-us", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from pytriton.model_config import DynamicBatcher, ModelConfig
+    from pytriton.triton import Triton, TritonConfig
+
+    names = args.model or sorted(
+        p.name for p in args.models.iterdir() if (p / "config.toml").is_file()
+    )
     triton_config = TritonConfig(
         http_address="127.0.0.1",
         grpc_address="127.0.0.1",
@@ -90,17 +99,21 @@ def main(argv: list[str] | None = None) -> int:
         log_verbose=0,
     )
     with Triton(config=triton_config) as triton:
-        triton.bind(
-            model_name=args.model,
-            infer_func=infer,
-            inputs=_tensors(config["inputs"]),
-            outputs=_tensors(config["outputs"]),
-            config=ModelConfig(
-                max_batch_size=int(config["max_batch_size"]),
-                batcher=DynamicBatcher(max_queue_delay_microseconds=args.max_queue_delay_us),
-            ),
-            strict=False,
-        )
+        for name in names:
+            config = tomllib.loads((args.models / name / "config.toml").read_text())
+            triton.bind(
+                model_name=name,
+                infer_func=_infer_function(
+                    config, _latest_version(args.models / name), args.threads
+                ),
+                inputs=_tensors(config["inputs"]),
+                outputs=_tensors(config["outputs"]),
+                config=ModelConfig(
+                    max_batch_size=int(config["max_batch_size"]),
+                    batcher=DynamicBatcher(max_queue_delay_microseconds=args.max_queue_delay_us),
+                ),
+                strict=False,
+            )
         print(json.dumps({"ready": True, "http_port": args.http_port, "grpc_port": args.grpc_port}))
         sys.stdout.flush()
         triton.serve()

@@ -8,12 +8,14 @@ fleetinfer serve --models REPO                 (the node's model server)
 fleetinfer compile REPO/MODEL --target T --precision P
 fleetinfer profile REPO/MODEL
 fleetinfer demo                                (the main job on the embedded defaults)
+fleetinfer bench APP:TASK --models REPO --payloads FILE   (serving modes side by side)
 """
 
 from __future__ import annotations
 
 import typer
 
+from fleetinfer.cli.bench import bench
 from fleetinfer.cli.compile import compile_cmd, profile_cmd
 from fleetinfer.cli.demo import demo
 from fleetinfer.cli.dlq import dlq_app
@@ -39,6 +41,7 @@ app.command("serve")(serve_command)
 app.command("compile")(compile_cmd)
 app.command("profile")(profile_cmd)
 app.command("demo")(demo)
+app.command("bench")(bench)
 
 
 def main() -> None:

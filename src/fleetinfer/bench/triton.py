@@ -1,0 +1,143 @@
+"""The `triton` mode's server: `triton_server.py` under the PyTriton venv's python, or why not.
+
+PyTriton's bundled tritonserver runs its Python stub only under Debian's /usr/bin/python3.11, so
+the server runs under that venv's python (`scripts/triton-venv.sh` builds `.venv-triton`), never
+under ours. `triton_unavailable()` names exactly what is missing; `TritonServer` starts it on free
+ports, waits for its ready line, and stops it (and its tritonserver) with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+SERVER_SCRIPT = Path(__file__).resolve().with_name("triton_server.py")
+VENV_HINT = (
+    "build it with `bash scripts/triton-venv.sh` (Debian's /usr/bin/python3.11 venv with "
+    "nvidia-pytriton, onnxruntime, numpy) and pass --pytriton-python .venv-triton/bin/python"
+)
+
+
+def triton_unavailable(python: Path | None) -> str | None:
+    """Why Triton cannot run with `python`, or None when it can import PyTriton and ORT."""
+    if python is None:
+        return f"no --pytriton-python given: {VENV_HINT}"
+    if not python.is_file():
+        return f"--pytriton-python {python} does not exist: {VENV_HINT}"
+    try:
+        probe = subprocess.run(
+            [str(python), "-c", "import pytriton.triton, onnxruntime, numpy"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"--pytriton-python {python} cannot run: {exc}"
+    if probe.returncode != 0:
+        return (
+            f"{python} cannot import pytriton, onnxruntime and numpy: {probe.stderr.strip()[-400:]}"
+        )
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class TritonServerError(Exception):
+    """Triton did not become ready; the message carries the end of its log."""
+
+
+class TritonServer:
+    """One PyTriton server for a model repository, with `threads` ORT threads per model."""
+
+    def __init__(
+        self, python: Path, models: Path, *, threads: int, start_timeout_s: float = 180.0
+    ) -> None:
+        self.python = python.absolute()  # not resolve(): a venv python is a symlink to keep
+        self.models, self.threads = models, threads
+        self.start_timeout_s = start_timeout_s
+        self.http_port = free_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="fleetinfer-triton-"))
+        self.log_path = self._dir / "triton.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start_s = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def command(self) -> list[str]:
+        return [
+            str(self.python), str(SERVER_SCRIPT), "--models", str(self.models.resolve()),
+            "--threads", str(self.threads), "--http-port", str(self.http_port),
+            "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+        ]  # fmt: skip
+
+    def __enter__(self) -> TritonServer:
+        started = time.monotonic()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=subprocess.PIPE, stderr=log, cwd=self._dir
+            )
+        try:
+            self._wait_ready(self.process)
+        except BaseException:
+            self.stop()
+            raise
+        self.start_s = time.monotonic() - started
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([process.stdout], [], [], 0.5)
+            if readable:
+                line = process.stdout.readline()
+                if not line:
+                    break
+                if _is_ready(line):
+                    return
+            elif process.poll() is not None:
+                break
+        code = process.poll()
+        ended = "it exited with code {code}" if code is not None else "it did not answer"
+        log = self.log_path.read_text(errors="replace").strip()[-800:]
+        raise TritonServerError(
+            f"the Triton server ({' '.join(self.command()[:2])}) was not ready within "
+            f"{self.start_timeout_s:g} s ({ended.format(code=code)}); its log ends: {log}"
+        )
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+        self.process = None
+
+
+def _is_ready(line: bytes) -> bool:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(event, dict) and event.get("ready") is True
