@@ -119,7 +119,8 @@ def worker_main(mode: str, target: str, model: str, threads: int) -> None:
         if command == "run":
             print(json.dumps(_run_for(handle, inputs, float(args[0]))), flush=True)
         elif command == "lat":
-            print(json.dumps(_latencies(handle, inputs, int(args[0]))), flush=True)
+            chosen = inputs if args[1:] != ["inplace"] else _in_place(client, inputs)
+            print(json.dumps(_latencies(handle, chosen, int(args[0]))), flush=True)
         elif command == "pss":
             print(json.dumps({"pss_bytes": pss_bytes(os.getpid())}), flush=True)
         else:
@@ -134,6 +135,16 @@ def _example_inputs(repo: Path | None, model: str) -> dict[str, np.ndarray]:
     if model == "affine":
         return {"x": rng.random((1, 4), dtype=np.float32)}
     return {"raster": rng.random((1, 9, 128, 128), dtype=np.float32)}
+
+
+def _in_place(client: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same inputs in arrays from `client.empty`: in the shared region for a shared client
+    (the server reads them without a copy), plain arrays in process."""
+    placed = {}
+    for name, array in inputs.items():
+        placed[name] = client.empty(array.shape, array.dtype)
+        placed[name][...] = array
+    return placed
 
 
 def _run_for(handle: Any, inputs: dict[str, np.ndarray], seconds: float) -> dict[str, float]:
@@ -266,19 +277,25 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
 
 def overhead(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Per-request overhead with a 2 MiB identity (the target) and a 16-byte affine model (the
-    fixed cost of a round trip, without the memory traffic of large tensors)."""
+    fixed cost of a round trip, without the memory traffic of large tensors). The identity runs
+    twice: its input written by the caller into `client.empty()` (in place: the server reads it
+    where it lies) and as a plain numpy array (copied into shared memory on every call)."""
     from tests.helpers.tiny_models import affine_repository, identity_repository
 
     repo = identity_repository(tmp / "overhead-repo", features=IDENTITY_FEATURES)
     affine_repository(repo)
-    result = _overhead(repo, tmp, args, "identity")
-    result["fixed_cost_16_bytes"] = _overhead(repo, tmp, args, "affine")
+    result = _overhead(repo, tmp, args, "identity", in_place=True)
+    result["input_copied"] = _overhead(repo, tmp, args, "identity", in_place=False)
+    result["fixed_cost_16_bytes"] = _overhead(repo, tmp, args, "affine", in_place=False)
     return result
 
 
-def _overhead(repo: Path, tmp: Path, args: argparse.Namespace, model: str) -> dict[str, Any]:
-    sock = tmp / f"o-{model}.sock"
+def _overhead(
+    repo: Path, tmp: Path, args: argparse.Namespace, model: str, *, in_place: bool
+) -> dict[str, Any]:
+    sock = tmp / f"o-{model}-{in_place}.sock"
     per_round: dict[str, list[float]] = {"inprocess": [], "shared": []}
+    command = f"lat {args.latency_requests}" + (" inplace" if in_place else "")
     with (
         server(repo, sock, 1, 1),
         workers("shared", sock, model, 1, 1) as shared,
@@ -287,12 +304,13 @@ def _overhead(repo: Path, tmp: Path, args: argparse.Namespace, model: str) -> di
         for r in range(args.rounds):
             order = [("inprocess", local[0]), ("shared", shared[0])]
             for name, worker in order if r % 2 == 0 else order[::-1]:
-                worker.send(f"lat {args.latency_requests}")
+                worker.send(command)
                 per_round[name].append(worker.answer()["median_us"])
     diffs = [s - i for s, i in zip(per_round["shared"], per_round["inprocess"], strict=True)]
     return {
         "model": model,
         "input_bytes": IDENTITY_FEATURES * 4 if model == "identity" else 16,
+        "input": "in place (client.empty)" if in_place else "copied into shared memory",
         "inprocess_median_us": statistics.median(per_round["inprocess"]),
         "shared_median_us": statistics.median(per_round["shared"]),
         "overhead_median_us": statistics.median(diffs),
@@ -302,16 +320,29 @@ def _overhead(repo: Path, tmp: Path, args: argparse.Namespace, model: str) -> di
 
 
 def memory(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """8 workers that have each run CDNet; then the same with the shipped `cdnet-l` (same
+    weights' size, 15.5x the FLOPs and larger activations), to show where the floor sits."""
+    from roadchange.pipeline import shipped_model_repository
+
+    result = _memory(repo, tmp, args, "cdnet")
+    heavy = shipped_model_repository()
+    if (heavy / "cdnet-l" / "config.toml").is_file():
+        result["cdnet_l"] = _memory(heavy, tmp, args, "cdnet-l")
+    return result
+
+
+def _memory(repo: Path, tmp: Path, args: argparse.Namespace, model: str) -> dict[str, Any]:
     n = args.memory_workers
-    with workers("floor", repo, "cdnet", 1, n) as idle:
+    with workers("floor", repo, model, 1, n) as idle:
         floor = _total_pss(idle)
-    with workers("inprocess", repo, "cdnet", 1, n) as local:
+    with workers("inprocess", repo, model, 1, n) as local:
         inprocess = _total_pss(local)
-    sock = tmp / "m.sock"
-    with server(repo, sock, 1, 1) as proc, workers("shared", sock, "cdnet", 1, n) as shared:
+    sock = tmp / f"m-{model}.sock"
+    with server(repo, sock, 1, 1) as proc, workers("shared", sock, model, 1, n) as shared:
         clients = _total_pss(shared)
         server_pss = pss_bytes(proc.pid)
     return {
+        "model": model,
         "workers": n,
         "inprocess_total_pss_mb": inprocess / 2**20,
         "shared_clients_total_pss_mb": clients / 2**20,

@@ -71,6 +71,12 @@ class ModelClient(ABC):
     def model(self, name: str) -> ModelHandle:
         """A handle for `name`; unknown names raise `UnknownModelError`."""
 
+    def empty(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray[Any, Any]:
+        """An uninitialised array to fill with a model input. In `shared` mode it lies in this
+        thread's shared-memory region, so `infer` passes it to the server without a copy; in the
+        other modes it is a plain array. Task code that uses it runs unchanged in every mode."""
+        return np.empty(shape, dtype)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions and connections."""
 
@@ -157,6 +163,9 @@ class SharedModelClient(ModelClient):
         self, model: str, inputs: Mapping[str, Any], *, version: int | None = None
     ) -> Tensors:
         return self._call(lambda channel: channel.infer(model, inputs, version))
+
+    def empty(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray[Any, Any]:
+        return self._call(lambda channel: channel.empty(tuple(shape), np.dtype(dtype)))
 
     def versions(self, model: str) -> tuple[int, ...]:
         return self._call(lambda channel: channel.model_info(model)).versions

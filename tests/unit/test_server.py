@@ -93,6 +93,44 @@ def test_large_outputs_are_written_straight_into_the_region_and_stay_valid(
     np.testing.assert_array_equal(out2, second)
 
 
+def test_a_repeated_request_layout_reads_fresh_inputs_every_time(
+    client: SharedModelClient, server: ModelServer
+) -> None:
+    """The server caches a validated layout per request body; the contents must still be new."""
+    handle = client.model("affine")
+    for i in range(20):
+        x = np.full((1, 4), float(i), np.float32)
+        assert handle.infer({"x": x})["y"].tolist() == [[i * 3.0 + 1.0] * 4]  # version 2
+    (connection,) = list(server._connections)
+    assert len(connection.prepared._layouts) == 1  # one layout, reused 19 times
+
+
+def test_a_cached_request_layout_follows_a_version_change(client: SharedModelClient) -> None:
+    handle, x = client.model("affine"), np.ones((1, 4), np.float32)
+    assert handle.infer({"x": x})["y"][0, 0] == 4.0  # newest: version 2 (x * 3 + 1)
+    client.control("unload", "affine", 2)
+    client.control("load", "affine", 1)
+    assert handle.infer({"x": x})["y"][0, 0] == 3.0  # the same request body, now version 1
+    client.control("load", "affine", 2)
+    assert handle.infer({"x": x})["y"][0, 0] == 4.0  # version 1 is still loaded: newest wins
+
+
+def test_an_empty_array_is_read_in_place_and_equals_a_copied_input(
+    client: SharedModelClient,
+) -> None:
+    handle = client.model("identity")
+    x = client.empty((2, FEATURES), np.float32)
+    x[:] = np.arange(2 * FEATURES, dtype=np.float32).reshape(2, FEATURES)
+    in_place = handle.infer({"x": x})["y"]
+    copied = handle.infer({"x": x.copy()})["y"]
+    np.testing.assert_array_equal(in_place, copied)
+    x[:] = 5.0  # the same array, refilled, is read afresh
+    assert float(handle.infer({"x": x})["y"].min()) == 5.0
+    inprocess_empty = ModelClient.from_mode("inprocess", repository=Path(".")).empty((2, 3))
+    assert inprocess_empty.shape == (2, 3)
+    assert inprocess_empty.dtype == np.float32
+
+
 def test_holding_many_outputs_does_not_grow_the_region_without_bound(
     client: SharedModelClient,
 ) -> None:
@@ -322,18 +360,23 @@ def test_a_forked_child_gets_its_own_connection_and_leaves_the_parents_region(
     assert handle.infer({"x": x})["y"][0, 0] == 4.0
 
 
+@pytest.mark.parametrize("where", ["copying outputs", "binding outputs"])
 def test_a_server_bug_while_answering_is_reported_and_the_server_carries_on(
-    client: SharedModelClient, monkeypatch: pytest.MonkeyPatch
+    client: SharedModelClient, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     from fleetinfer.errors import FleetinferError
     from fleetinfer.server import executor
 
-    def broken(*_: object) -> None:
+    def broken(*_: object, **__: object) -> None:
         raise RuntimeError("simulated bug")
 
     handle = client.model("affine")
     x = np.ones((1, 4), np.float32)
-    monkeypatch.setattr(executor, "write_outputs", broken)
+    if where == "copying outputs":  # no direct plan: outputs are copied into the region
+        monkeypatch.setattr(executor.ModelExecutor, "_plan", lambda *_, **__: None)
+        monkeypatch.setattr(executor, "write_outputs", broken)
+    else:
+        monkeypatch.setattr(executor.ModelExecutor, "_plan", broken)
     with pytest.raises(FleetinferError, match="simulated bug"):
         handle.infer({"x": x})
     monkeypatch.undo()

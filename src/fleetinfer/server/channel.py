@@ -9,6 +9,7 @@ keeps many results alive) outputs are copied out instead, so the region never gr
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import socket
 import threading
@@ -42,12 +43,15 @@ from fleetinfer.server.protocol import (
     frame,
     rebuild_error,
 )
+from fleetinfer.server.repository import DTYPES
 from fleetinfer.server.shm import SharedRegion, unlink_segment
 
 Tensors = dict[str, np.ndarray[Any, Any]]
 R = TypeVar("R", bound=msgspec.Struct)
 _SUPPORTED_KINDS = "biuf"
 _GROWTH_STEP_BYTES = 1 << 20
+COPY_OUT_MAX_BYTES = 64 * 1024  # smaller outputs are copied out: cheaper than leasing the bytes
+_DTYPE_NAMES = {np.dtype(t): name for name, t in DTYPES.items()}
 
 
 class ChannelBrokenError(ConnectionError):
@@ -192,24 +196,28 @@ class Channel:
         raise PayloadTooLargeError("the outputs", self.region.size_bytes, self.max_region_bytes)
 
     def _infer_once(self, model: str, arrays: Tensors, version: int | None) -> Tensors:
-        staged = [(name, self._stage(array)) for name, array in arrays.items()]
+        staged = [self._place(name, array) for name, array in arrays.items()]
         window = self.arena.take_largest()
         try:
-            refs = tuple(
-                TensorRef(n, a.dtype.name, tuple(a.shape), off, a.nbytes)
-                for (n, off), a in zip(staged, arrays.values(), strict=True)
-            )
-            request = InferRequest(model, version or 0, refs, window[0], window[1])
+            request = InferRequest(model, version or 0, tuple(ref for ref, _ in staged), *window)
             reply = self.call(Kind.INFER, request, InferReply)
         except BaseException:
             self.arena.free(*window)
             raise
         finally:
-            for (_, off), a in zip(staged, arrays.values(), strict=True):
-                self.arena.free(off, aligned(max(a.nbytes, 1)))
+            for ref, copied in staged:
+                if copied:
+                    self.arena.free(ref.offset, aligned(max(ref.nbytes, 1)))
         return self._collect(reply, window)
 
-    def _stage(self, array: np.ndarray[Any, Any]) -> int:
+    def _place(self, name: str, array: np.ndarray[Any, Any]) -> tuple[TensorRef, bool]:
+        """Where `array` lies in the region: in place if it already does (an `empty()`
+        array of this channel), else copied into a freshly allocated range (True)."""
+        dtype_name = _DTYPE_NAMES.get(array.dtype)
+        if dtype_name is not None and array.flags.c_contiguous:
+            offset = array.__array_interface__["data"][0] - self.region.address
+            if offset >= 0 and offset + array.nbytes <= self.region.size_bytes:
+                return TensorRef(name, dtype_name, array.shape, offset, array.nbytes), False
         offset = self.arena.alloc(array.nbytes)
         if offset is None:
             self._grow(aligned(array.nbytes) * 2)
@@ -217,7 +225,25 @@ class Channel:
             assert offset is not None  # the region just grew by more than that
         native = array.dtype.newbyteorder("=")
         np.copyto(self.region.view(offset, native, array.shape), array)
-        return offset
+        ref = TensorRef(
+            name, _DTYPE_NAMES.get(native) or native.name, array.shape, offset, array.nbytes
+        )
+        return ref, True
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+        """An uninitialised array inside the region: fill it and pass it to `infer`, and the
+        server reads it in place (no copy). Its bytes are leased until it is garbage-collected."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        offset = self.arena.alloc(nbytes)
+        if offset is None:
+            self._grow(aligned(nbytes) * 2)
+            offset = self.arena.alloc(nbytes)
+            assert offset is not None  # the region just grew by more than that
+        used = aligned(max(nbytes, 1))
+        lease = np.frombuffer(self.region.mmap, np.uint8, count=used, offset=offset)
+        self.arena.lease(used)
+        weakref.finalize(lease, self.arena.release, offset, used)
+        return lease[:nbytes].view(dtype).reshape(shape)
 
     def _collect(self, reply: InferReply, window: tuple[int, int]) -> Tensors:
         start, size = window
@@ -228,11 +254,14 @@ class Channel:
                 "the model server wrote outputs outside the window it was given"
             )
         used = aligned(end - start)
-        self.arena.free(start + used, size - used)
-        if used == 0 or self.arena.leased_bytes + used > self.region.size_bytes // 2:
+        if (
+            used <= COPY_OUT_MAX_BYTES
+            or self.arena.leased_bytes + used > self.region.size_bytes // 2
+        ):
             outputs = {r.name: self._view(r).copy() for r in reply.outputs}
-            self.arena.free(start, used)
+            self.arena.free(start, size)
             return outputs
+        self.arena.free(start + used, size - used)
         lease = np.frombuffer(self.region.mmap, np.uint8, count=used, offset=start)
         self.arena.lease(used)
         weakref.finalize(lease, self.arena.release, start, used)

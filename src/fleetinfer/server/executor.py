@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,10 +31,8 @@ from fleetinfer.server.session import OrtModel, Tensors
 from fleetinfer.server.shm import SharedRegion
 
 log = logging.getLogger(__name__)
-DIRECT_OUTPUT_MIN_BYTES = 256 * 1024
-_DTYPE_NAMES = {
-    np.dtype(t): name for name, t in DTYPES.items()
-}  # below this a copy is cheaper than an ORT I/O binding
+DIRECT_OUTPUT_MIN_BYTES = 256 * 1024  # below this a copy is cheaper than a fresh ORT I/O binding
+_DTYPE_NAMES = {np.dtype(t): name for name, t in DTYPES.items()}
 
 
 class ReplySink(Protocol):
@@ -43,6 +41,23 @@ class ReplySink(Protocol):
     def reply_ok(self, request_id: int, body: InferReply) -> None: ...
 
     def reply_error(self, request_id: int, exc: FleetinferError) -> None: ...
+
+
+@dataclass(slots=True)
+class DirectPlan:
+    """One request layout run straight into its client's window: an ONNX Runtime I/O binding of
+    the input and output views, and the reply, both reused while the client repeats the request."""
+
+    binding: Any  # onnxruntime.IOBinding
+    reply: InferReply
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(slots=True)
+class PlanSlot:
+    """Where a cached request layout keeps its `DirectPlan` once the first run has made it."""
+
+    plan: DirectPlan | None = None
 
 
 @dataclass(slots=True)
@@ -57,6 +72,7 @@ class Pending:
     window_offset: int
     window_bytes: int
     enqueued_ns: int
+    slot: PlanSlot | None = None
 
     def shapes(self) -> tuple[tuple[int, ...], ...]:
         return tuple(a.shape[1:] for a in self.inputs.values())
@@ -222,45 +238,53 @@ class ModelExecutor:
         p.sink.reply_ok(p.request_id, InferReply(version=self.version, outputs=refs))
 
     def _try_direct(self, p: Pending, start_ns: int) -> bool:
-        """Let ONNX Runtime write large outputs straight into the client's region."""
+        """Let ONNX Runtime write the outputs straight into the client's region: always for a
+        cached layout (its binding is reused), for others only when the outputs are large."""
         if not self._direct:
             return False
-        shapes = [(s, (p.batch, *s.shape[1:])) for s in self.config.outputs]
-        layout = _layout([(shape, s.numpy_dtype) for s, shape in shapes])
-        if layout[-1] < DIRECT_OUTPUT_MIN_BYTES or layout[-1] > p.window_bytes:
-            return False
-        p.region.check_intact()
-        views = {
-            s.name: p.region.view(p.window_offset + off, s.numpy_dtype, shape)
-            for (s, shape), off in zip(shapes, layout, strict=False)
-        }
-        if not self._run_bound(p.inputs, views):
-            return False
-        self._account([p], start_ns, (time.perf_counter_ns() - start_ns) // 1000)
-        refs = tuple(
-            _ref(name, v, p.window_offset + off)
-            for (name, v), off in zip(views.items(), layout, strict=False)
-        )
-        p.sink.reply_ok(p.request_id, InferReply(version=self.version, outputs=refs))
-        return True
-
-    def _run_bound(self, inputs: Tensors, outputs: Tensors) -> bool:
-        session = self.model.session
-        binding = session.io_binding()
-        for name, array in inputs.items():
-            binding.bind_cpu_input(name, array)
-        for name, view in outputs.items():
-            pointer = view.__array_interface__["data"][0]
-            binding.bind_output(name, "cpu", 0, view.dtype, list(view.shape), pointer)
+        plan = p.slot.plan if p.slot is not None else None
+        if plan is None:
+            plan = self._plan(p, cached=p.slot is not None)
+            if plan is None:
+                return False
+            if p.slot is not None:
+                p.slot.plan = plan
+        if not plan.lock.acquire(blocking=False):
+            return False  # the same layout already runs (a client pipelining): copy this one
         try:
-            session.run_with_iobinding(binding)
+            p.region.check_intact()
+            self.model.session.run_with_iobinding(plan.binding)
         except Exception as exc:  # e.g. the model's output shape is not the configured one
             log.warning(
                 "%s: direct output disabled, falling back to copies: %s", self.config.name, exc
             )
             self._direct = False
+            if p.slot is not None:
+                p.slot.plan = None
             return False
+        finally:
+            plan.lock.release()
+        self._account([p], start_ns, (time.perf_counter_ns() - start_ns) // 1000)
+        p.sink.reply_ok(p.request_id, plan.reply)
         return True
+
+    def _plan(self, p: Pending, *, cached: bool) -> DirectPlan | None:
+        shapes = [(s, (p.batch, *s.shape[1:])) for s in self.config.outputs]
+        layout = _layout([(shape, s.numpy_dtype) for s, shape in shapes])
+        if layout[-1] > p.window_bytes or (not cached and layout[-1] < DIRECT_OUTPUT_MIN_BYTES):
+            return None
+        p.region.check_intact()
+        binding = self.model.session.io_binding()
+        for name, array in p.inputs.items():  # by address: each run reads the region afresh
+            address = array.__array_interface__["data"][0]
+            binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), address)
+        refs = []
+        for (s, shape), off in zip(shapes, layout, strict=False):
+            view = p.region.view(p.window_offset + off, s.numpy_dtype, shape)
+            pointer = view.__array_interface__["data"][0]
+            binding.bind_output(s.name, "cpu", 0, view.dtype, list(shape), pointer)
+            refs.append(_ref(s.name, view, p.window_offset + off))
+        return DirectPlan(binding, InferReply(version=self.version, outputs=tuple(refs)))
 
 
 def _merged_inputs(batch: list[Pending]) -> Tensors:

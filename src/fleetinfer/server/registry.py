@@ -36,6 +36,7 @@ class ModelRegistry:
         self.repository, self.stats = repository, stats
         self.intra_op_threads, self.instance_count = intra_op_threads, instance_count
         self._models: Loaded = {}
+        self.generation = 0  # bumped on every change: cached request layouts check it
         self._digests: dict[tuple[str, int], str] = {}
         self._write = threading.Lock()
 
@@ -121,6 +122,7 @@ class ModelRegistry:
         if not versions:
             del models[name]
         self._models = models  # readers see the old map or the new one, never a mix
+        self.generation += 1
         for version, executor in old.items():
             if versions.get(version) is not executor:
                 executor.close()

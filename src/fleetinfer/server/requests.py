@@ -1,36 +1,98 @@
-"""Turning an `InferRequest` into a validated `Pending`: every check happens before memory is read.
+"""Turning an `InferRequest` into a validated `Prepared` layout: every check before memory is read.
 
 The order matters: sizes against the request limit, each tensor's dtype, shape, byte count and
 alignment, its span against the attached region, the region's file against shrinking, and only then
 numpy views of the region, validated against the model config (names, dtypes, shapes, batch).
+
+A worker sends the same request, byte for byte, over and over (same model, shapes and offsets;
+only the tensor contents change), so a connection keeps the `Prepared` form of the bodies it has
+seen (`PreparedCache`) and skips decoding and validation when one comes again. What could make a
+cached layout wrong invalidates it: a new region (the cache is per region), a model loaded,
+unloaded or reloaded (the registry's generation), a closed executor (`submit` refuses). The region
+file is still checked against shrinking on every request, before memory is read.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fleetinfer.errors import InvalidInputError, PayloadTooLargeError
-from fleetinfer.server.executor import ModelExecutor, Pending, ReplySink
+from fleetinfer.server.executor import ModelExecutor, Pending, PlanSlot, ReplySink
 from fleetinfer.server.protocol import InferRequest, TensorRef
 from fleetinfer.server.repository import DTYPES
 from fleetinfer.server.session import Tensors, validate_inputs
 from fleetinfer.server.shm import SharedRegion
 
 MAX_RANK = 16
+CACHED_LAYOUTS_MAX = 64
 
 
-def build_pending(
-    sink: ReplySink,
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A validated request layout: the executor, views of the inputs, the output window."""
+
+    executor: ModelExecutor
+    generation: int
+    inputs: Tensors
+    batch: int
+    region: SharedRegion
+    window_offset: int
+    window_bytes: int
+    slot: PlanSlot = field(default_factory=PlanSlot)
+
+    def pending(self, sink: ReplySink, request_id: int) -> Pending:
+        """This layout as one request; checks the region file has not shrunk since."""
+        self.region.check_intact()
+        return Pending(
+            sink=sink,
+            request_id=request_id,
+            inputs=self.inputs,
+            batch=self.batch,
+            region=self.region,
+            window_offset=self.window_offset,
+            window_bytes=self.window_bytes,
+            enqueued_ns=time.perf_counter_ns(),
+            slot=self.slot,
+        )
+
+
+class PreparedCache:
+    """Request bodies already validated on one connection's region, and their layouts."""
+
+    def __init__(self) -> None:
+        self._layouts: dict[bytes, Prepared] = {}
+
+    def get(self, body: bytes, generation: int) -> Prepared | None:
+        prepared = self._layouts.get(body)
+        if prepared is not None and prepared.generation != generation:
+            del self._layouts[body]
+            return None
+        return prepared
+
+    def put(self, body: bytes, prepared: Prepared) -> None:
+        if len(self._layouts) >= CACHED_LAYOUTS_MAX:
+            self._layouts.clear()  # a client cycling through many layouts: start over
+        self._layouts[body] = prepared
+
+    def discard(self, body: bytes) -> None:
+        self._layouts.pop(body, None)
+
+    def clear(self) -> None:
+        self._layouts.clear()
+
+
+def prepare(
     executor: ModelExecutor,
-    request_id: int,
+    generation: int,
     request: InferRequest,
     region: SharedRegion,
     max_request_bytes: int,
-) -> Pending:
+) -> Prepared:
     """Check `request` against limits, the region and the model; views of its inputs, no copy."""
     config = executor.config
     total = sum(max(ref.nbytes, 0) for ref in request.inputs)
@@ -43,15 +105,14 @@ def build_pending(
     views = _input_views(request.inputs, region)
     checked = validate_inputs(config, views)
     batch = next(iter(checked.values())).shape[0] if executor.batchable else 1
-    return Pending(
-        sink=sink,
-        request_id=request_id,
+    return Prepared(
+        executor=executor,
+        generation=generation,
         inputs=checked,
         batch=batch,
         region=region,
         window_offset=request.output_offset,
         window_bytes=request.output_bytes,
-        enqueued_ns=time.perf_counter_ns(),
     )
 
 

@@ -22,7 +22,6 @@ from pathlib import Path
 import msgspec
 
 from fleetinfer.errors import ConfigError, FleetinferError, MalformedMessageError
-from fleetinfer.server.executor import ModelExecutor, Pending
 from fleetinfer.server.metrics import HealthServer, StatsBook
 from fleetinfer.server.protocol import (
     HEADER,
@@ -44,7 +43,7 @@ from fleetinfer.server.protocol import (
 )
 from fleetinfer.server.registry import ModelRegistry
 from fleetinfer.server.repository import ModelRepository
-from fleetinfer.server.requests import build_pending
+from fleetinfer.server.requests import Prepared, PreparedCache, prepare
 from fleetinfer.server.shm import SharedRegion, unlink_segment
 
 log = logging.getLogger(__name__)
@@ -201,6 +200,7 @@ class Connection:
         self.server, self.sock, self.uid = server, sock, uid
         self.region: SharedRegion | None = None
         self.segment_names: set[str] = set()
+        self.prepared = PreparedCache()  # layouts validated on `region`
         self._send_lock = threading.Lock()
         self._buf = bytearray(2 * (HEADER.size + MAX_BODY_BYTES))
         self._view = memoryview(self._buf)
@@ -270,7 +270,7 @@ class Connection:
 
     def _dispatch(self, kind: int, request_id: int, body: bytes) -> None:
         if kind == Kind.INFER:
-            self._infer(request_id, decode(InferRequest, body))
+            self._infer(request_id, body)
         elif kind == Kind.ATTACH:
             self._attach(decode(Attach, body))
             self._send(Kind.OK, request_id, Empty())
@@ -283,27 +283,39 @@ class Connection:
                 f"unknown frame kind {kind}: expected one of 1 (attach), 2 (infer), 3, 4"
             )
 
-    def _infer(self, request_id: int, request: InferRequest) -> None:
+    def _infer(self, request_id: int, body: bytes) -> None:
         if self.region is None:
             raise _malformed("infer before attach: attach a shared-memory region first")
-        version = request.version or None
+        registry = self.server.registry
+        prepared = self.prepared.get(body, registry.generation)
+        if prepared is not None:  # the same request as before: decoded and validated already
+            if self._run(prepared, request_id):
+                return
+            self.prepared.discard(body)  # its executor closed in a reload
+        request = decode(InferRequest, body)
         for _ in range(3):  # a reload may close the executor we resolved: resolve again
-            executor = self.server.registry.resolve(request.model, version)
-            pending = self._pending(executor, request_id, request, self.region)
-            if executor.submit(pending):
+            generation = registry.generation
+            executor = registry.resolve(request.model, request.version or None)
+            try:
+                prepared = prepare(
+                    executor, generation, request, self.region, self.server.config.max_request_bytes
+                )
+            except FleetinferError:
+                executor.stats.failed()
+                raise
+            if self._run(prepared, request_id):
+                self.prepared.put(body, prepared)
                 return
         raise FleetinferError(f"model {request.model!r} kept changing during the request: retry")
 
-    def _pending(
-        self, executor: ModelExecutor, request_id: int, request: InferRequest, region: SharedRegion
-    ) -> Pending:
+    def _run(self, prepared: Prepared, request_id: int) -> bool:
+        """Run a validated layout as this request; False if its executor closed meanwhile."""
         try:
-            return build_pending(
-                self, executor, request_id, request, region, self.server.config.max_request_bytes
-            )
-        except FleetinferError:
-            executor.stats.failed()
+            pending = prepared.pending(self, request_id)
+        except FleetinferError:  # the region shrank under us
+            prepared.executor.stats.failed()
             raise
+        return prepared.executor.submit(pending)
 
     def _attach(self, attach: Attach) -> None:
         region = SharedRegion.attach(
@@ -313,6 +325,7 @@ class Connection:
             uid=self.uid,
         )
         old, self.region = self.region, region
+        self.prepared.clear()  # its layouts point into the old mapping
         self.segment_names.add(region.name)
         if old is not None:
             old.close()

@@ -56,6 +56,7 @@ class SharedRegion:
         self.name, self.fd, self.size_bytes = name, fd, size_bytes
         self.mmap = mmap.mmap(fd, size_bytes, flags=mmap.MAP_SHARED)
         self.buffer = np.frombuffer(self.mmap, dtype=np.uint8)
+        self.address: int = self.buffer.__array_interface__["data"][0]  # where it is mapped
 
     @classmethod
     def create(cls, size_bytes: int) -> SharedRegion:
