@@ -138,6 +138,11 @@ class SharedModelClient(ModelClient):
 
     A broken connection (server restarted) is re-opened, waiting up to `connect_timeout_s` for the
     server to come back, and the request is retried once (inference is idempotent).
+
+    The region starts at `region_bytes` (16 MiB). Its pages cost memory only once written, and
+    the allocator reuses the lowest offsets first, so a large start costs nothing while it saves
+    the regrowth (and the copying out of outputs) that a region too small for a model's inputs,
+    outputs and the arrays the caller keeps would need.
     """
 
     def __init__(
@@ -145,7 +150,7 @@ class SharedModelClient(ModelClient):
         socket_path: Path | str | None = None,
         *,
         connect_timeout_s: float = 5.0,
-        region_bytes: int = 4 << 20,
+        region_bytes: int = 16 << 20,
         max_region_bytes: int = 4 << 30,
     ) -> None:
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
