@@ -72,6 +72,7 @@ class NodeConfig:
     poll_interval_s: float = 0.2
     verbose: bool = False
     server_intra_op_threads: int | None = None
+    server_instance_count: int | None = None
     worker_intra_op_threads: int | None = None
     triton_url: str | None = None
 
@@ -239,7 +240,9 @@ class NodeAgent:
         if self.config.client_mode != "shared" or self.config.models is None:
             return
         options = ServerOptions(
-            models=self.config.models, intra_op_threads=self.config.server_intra_op_threads
+            models=self.config.models,
+            intra_op_threads=self.config.server_intra_op_threads,
+            instance_count=self.config.server_instance_count,
         )
         self._server = ModelServerProcess(options).start()
         self.supervisor.env[SOCKET_ENV] = str(self._server.socket_path)

@@ -31,6 +31,7 @@ SOCKET_ENV = "FLEETINFER_SOCKET"
 class ServerOptions:
     models: Path
     intra_op_threads: int | None = None
+    instance_count: int | None = None  # None: each model's config.toml decides
     start_timeout_s: float = 120.0
     stop_timeout_s: float = 10.0
 
@@ -63,6 +64,8 @@ class ModelServerProcess:
         command += ["--socket", str(self.socket_path), "--metrics-port", "-1"]
         if self.options.intra_op_threads is not None:
             command += ["--intra-op-threads", str(self.options.intra_op_threads)]
+        if self.options.instance_count is not None:
+            command += ["--instances", str(self.options.instance_count)]
         return command
 
     def start(self) -> ModelServerProcess:
