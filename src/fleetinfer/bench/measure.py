@@ -98,7 +98,9 @@ class PssSampler:
             except (OSError, FleetinferError):  # the process ended between listing and reading
                 sizes.pop(pid, None)
                 continue
-            self.roles.setdefault(pid, process_role(pid))
+            role = process_role(pid)  # read again each time: a child seen before its exec
+            if role != "other" or pid not in self.roles:  # still shows its parent's command
+                self.roles[pid] = role
         self.samples.append(PssSample(time.time(), sizes, cpu))
 
     def __enter__(self) -> PssSampler:

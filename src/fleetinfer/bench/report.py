@@ -290,8 +290,10 @@ def _settings(run: BenchRun, payloads_file: str) -> dict[str, Any]:
         "threads": {
             "isolated-per-task": f"{config.process_threads} intra-op per process",
             "isolated": f"{config.process_threads} intra-op per worker",
-            "shared": f"{config.thread_budget} intra-op in the model server",
-            "triton": f"{config.thread_budget} intra-op per model in Triton",
+            "shared": f"{config.server_instances} instance(s) x {config.server_threads} "
+            "intra-op per model in the model server",
+            "triton": f"{config.server_instances} instance(s) x {config.server_threads} "
+            "intra-op per model in Triton",
         },
         "order": run.order,
     }

@@ -6,8 +6,9 @@
     shared             a node of W workers calling the node's model server
     triton             a node of W workers calling a Triton server (PyTriton), same ONNX files
 
-Thread budget `T` (default: the usable cores): the shared server and Triton run each model with T
-intra-op threads; isolated workers and per-task processes get max(1, T // W) each. (Left alone,
+Thread budget `T` (default: the usable cores): the shared server and Triton run each model as
+I concurrent executions (`server_instances`, default 1) of max(1, T // I) intra-op threads;
+isolated workers and per-task processes get max(1, T // W) each. (Left alone,
 an in-process session takes the repository's `intra_op_threads`, whose 0 means ONNX Runtime's
 default of one thread per core in *every* worker; the node sets OMP/OpenBLAS/MKL pools to 1 but
 ORT has its own pool, so the benchmark sets it.)
@@ -60,6 +61,7 @@ class BenchConfig:
     workers: int = 2
     threads: int = 0  # 0: the usable cores
     pytriton_python: Path | None = None
+    server_instances: int = 1
     calibration_tasks: int = 5
     sample_interval_s: float = 0.25
 
@@ -70,7 +72,7 @@ class BenchConfig:
                 f"--modes must name each of {', '.join(MODES)} at most once, got "
                 f"{','.join(self.modes)!r}"
             )
-        for name in ("rounds", "workers", "calibration_tasks"):
+        for name in ("rounds", "workers", "calibration_tasks", "server_instances"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if self.threads < 0:
@@ -83,6 +85,12 @@ class BenchConfig:
     @property
     def thread_budget(self) -> int:
         return self.threads or max(1, int(usable_cores()))
+
+    @property
+    def server_threads(self) -> int:
+        """Intra-op threads of each of the `server_instances` executions of a model in the
+        shared server and in Triton."""
+        return max(1, self.thread_budget // self.server_instances)
 
     @property
     def process_threads(self) -> int:
@@ -175,7 +183,10 @@ def run_mode(config: BenchConfig, mode: str, number: int) -> RoundRun:
         if mode == "triton":
             assert config.pytriton_python is not None
             server = TritonServer(
-                config.pytriton_python, config.models, threads=config.thread_budget
+                config.pytriton_python,
+                config.models,
+                threads=config.server_threads,
+                instances=config.server_instances,
             )
             with server:
                 run = run_on_node(config, mode, number, workdir, triton_url=server.url)
@@ -207,7 +218,8 @@ def run_on_node(
         metrics_port=None,
         grace_s=30.0,
         poll_interval_s=0.1,
-        server_intra_op_threads=config.thread_budget if mode == "shared" else None,
+        server_intra_op_threads=config.server_threads if mode == "shared" else None,
+        server_instance_count=config.server_instances if mode == "shared" else None,
         worker_intra_op_threads=config.process_threads if mode == "isolated" else None,
         triton_url=triton_url,
     )

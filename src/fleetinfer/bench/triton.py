@@ -56,13 +56,20 @@ class TritonServerError(Exception):
 
 
 class TritonServer:
-    """One PyTriton server for a model repository, with `threads` ORT threads per model."""
+    """One PyTriton server for a model repository: `instances` ORT sessions of `threads` threads
+    per model."""
 
     def __init__(
-        self, python: Path, models: Path, *, threads: int, start_timeout_s: float = 180.0
+        self,
+        python: Path,
+        models: Path,
+        *,
+        threads: int,
+        instances: int = 1,
+        start_timeout_s: float = 180.0,
     ) -> None:
         self.python = python.absolute()  # not resolve(): a venv python is a symlink to keep
-        self.models, self.threads = models, threads
+        self.models, self.threads, self.instances = models, threads, instances
         self.start_timeout_s = start_timeout_s
         self.http_port = free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="fleetinfer-triton-"))
@@ -77,7 +84,8 @@ class TritonServer:
     def command(self) -> list[str]:
         return [
             str(self.python), str(SERVER_SCRIPT), "--models", str(self.models.resolve()),
-            "--threads", str(self.threads), "--http-port", str(self.http_port),
+            "--threads", str(self.threads), "--instances", str(self.instances),
+            "--http-port", str(self.http_port),
             "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
         ]  # fmt: skip
 

@@ -10,7 +10,8 @@ self-contained script: standard library, numpy, onnxruntime and pytriton only, n
         --threads 2 --http-port 8000 --grpc-port 8001
 
 `--model` may be given several times; without it every model of the repository is served (as
-`fleetinfer serve` does). Each model gets one ONNX Runtime session of `--threads` threads.
+`fleetinfer serve` does). Each model gets `--instances` ONNX Runtime sessions (concurrent
+executions) of `--threads` intra-op threads each.
 It prints one JSON line `{"ready": true, "http_port": …, "grpc_port": …}` once the model is served,
 then serves until SIGTERM / SIGINT.
 """
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, required=True)
     parser.add_argument("--model", action="append", help="default: every model of --models")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per instance")
+    parser.add_argument("--instances", type=int, default=1, help="sessions per model")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
@@ -103,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             config = tomllib.loads((args.models / name / "config.toml").read_text())
             triton.bind(
                 model_name=name,
-                infer_func=_infer_function(
-                    config, _latest_version(args.models / name), args.threads
-                ),
+                infer_func=[
+                    _infer_function(config, _latest_version(args.models / name), args.threads)
+                    for _ in range(args.instances)
+                ],
                 inputs=_tensors(config["inputs"]),
                 outputs=_tensors(config["outputs"]),
                 config=ModelConfig(

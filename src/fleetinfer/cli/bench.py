@@ -58,6 +58,15 @@ def bench(
             help="Python of the PyTriton venv (scripts/triton-venv.sh: .venv-triton/bin/python).",
         ),
     ] = None,
+    server_instances: Annotated[
+        int,
+        typer.Option(
+            "--server-instances",
+            min=1,
+            help="Concurrent executions per model in the shared server and Triton; each gets "
+            "threads ÷ instances intra-op threads.",
+        ),
+    ] = 1,
     calibration_tasks: Annotated[
         int, typer.Option("--calibration-tasks", min=1, help="Warm tasks measured for the limit.")
     ] = 5,
@@ -84,6 +93,7 @@ def bench(
             workers=workers or max(1, int(usable_cores())),
             threads=threads,
             pytriton_python=pytriton_python,
+            server_instances=server_instances,
             calibration_tasks=calibration_tasks,
         )
         with stderr.status("benchmarking") as status:
