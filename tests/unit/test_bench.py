@@ -1,0 +1,237 @@
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetinfer.bench.instances import instance_shape, load_instances
+from fleetinfer.bench.measure import PssSample, PssSampler, role_mib, window_cpu_s
+from fleetinfer.bench.payloads import load_payloads
+from fleetinfer.bench.probe import counting
+from fleetinfer.bench.report import (
+    decomposition,
+    efficiency,
+    limit_tasks_per_min,
+    median_of,
+    mode_summary,
+    percentile,
+    round_metrics,
+)
+from fleetinfer.bench.runner import BenchConfig, RoundRun, TaskTiming, rotation
+from fleetinfer.bench.triton import triton_unavailable
+from fleetinfer.errors import ConfigError, InputError
+from fleetinfer.task import Task, TaskContext
+
+MIB = 2**20
+TINY_MODELS = Path(__file__).resolve().parents[2] / "examples" / "tinyapp" / "models"
+
+
+# -- payloads --------------------------------------------------------------------------------
+
+
+def test_payloads_are_cycled_to_the_number_of_tasks(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"n": 1}\n\n{"n": 2}\n')
+    assert load_payloads(path, 5) == [{"n": 1}, {"n": 2}, {"n": 1}, {"n": 2}, {"n": 1}]
+    assert load_payloads(path, 1) == [{"n": 1}]
+
+
+def test_a_payload_line_that_is_not_json_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"n": 1}\n{"n": 2\n')
+    with pytest.raises(InputError, match=r"p\.jsonl:2: not a JSON payload"):
+        load_payloads(path, 3)
+
+
+@pytest.mark.parametrize("content", [None, "", "\n  \n"])
+def test_a_missing_or_empty_payloads_file_is_an_input_error(
+    tmp_path: Path, content: str | None
+) -> None:
+    path = tmp_path / "p.jsonl"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(InputError, match=r"p\.jsonl"):
+        load_payloads(path, 3)
+
+
+# -- rounds and statistics --------------------------------------------------------------------
+
+
+def test_modes_rotate_by_one_each_round() -> None:
+    assert rotation(("A", "B", "C", "D"), 3) == [
+        ["A", "B", "C", "D"],
+        ["B", "C", "D", "A"],
+        ["C", "D", "A", "B"],
+    ]
+    assert rotation(("A", "B"), 3) == [["A", "B"], ["B", "A"], ["A", "B"]]
+
+
+def test_percentiles_interpolate_and_medians_skip_missing_rounds() -> None:
+    assert percentile([4.0, 1.0, 3.0, 2.0], 0.5) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.95) == pytest.approx(4.8)
+    assert median_of([{"x": 3.0}, {"x": None}, {"x": 1.0}, {"x": 2.0}], "x") == 2.0
+    assert median_of([{"x": None}], "x") is None
+
+
+def test_the_limit_and_efficiency_follow_their_formulas() -> None:
+    limit = limit_tasks_per_min(cores=2, cpu_s_per_task=0.5)
+    assert limit == 240.0  # 2 cores x 60 s / 0.5 CPU s per task
+    assert efficiency(180.0, limit) == 0.75
+
+
+def test_an_unknown_or_repeated_mode_is_a_config_error() -> None:
+    for modes in (("shared", "gpu"), ("shared", "shared"), ()):
+        with pytest.raises(ConfigError, match="--modes"):
+            BenchConfig(target="m:t", models=TINY_MODELS, payloads=({},), modes=modes)
+
+
+def test_isolated_processes_share_the_thread_budget_with_at_least_one_thread_each() -> None:
+    config = BenchConfig(target="m:t", models=TINY_MODELS, payloads=({},), workers=8, threads=2)
+    assert (config.thread_budget, config.process_threads) == (2, 1)
+    config = BenchConfig(target="m:t", models=TINY_MODELS, payloads=({},), workers=2, threads=8)
+    assert config.process_threads == 4
+
+
+def _sampler(samples: list[PssSample], roles: dict[int, str]) -> PssSampler:
+    sampler = PssSampler()
+    sampler.samples = samples
+    sampler.roles = roles
+    return sampler
+
+
+def _run() -> RoundRun:
+    """A node started at t=100 s: 4 tasks finish at 101..104, 8 CPU s, 3 PSS samples."""
+    roles = {1: "agent", 2: "model_server", 3: "worker", 4: "worker"}
+    samples = [
+        PssSample(100.5, {1: 10 * MIB, 2: 100 * MIB, 3: 5 * MIB}, {1: 0.1, 2: 0.5, 3: 0.2}),
+        PssSample(101.5, {1: 10 * MIB, 2: 100 * MIB, 3: 20 * MIB, 4: 20 * MIB},
+                  {1: 0.2, 2: 1.0, 3: 0.6, 4: 0.5}),
+        PssSample(102.5, {1: 12 * MIB, 2: 110 * MIB, 3: 22 * MIB, 4: 20 * MIB},
+                  {1: 0.3, 2: 2.0, 3: 1.1, 4: 0.9}),
+        PssSample(103.5, {1: 12 * MIB, 2: 120 * MIB, 3: 24 * MIB, 4: 20 * MIB},
+                  {1: 0.3, 2: 2.0, 3: 1.1, 4: 0.9}),
+    ]  # fmt: skip
+    tasks = [TaskTiming(100.0 + i, 101.0 + i, 3) for i in range(4)]
+    return RoundRun("shared", 1, 100.0, 105.0, 8.0, tasks, _sampler(samples, roles))
+
+
+def test_round_metrics_come_from_the_task_timestamps_cpu_and_steady_pss() -> None:
+    m = round_metrics(_run(), cores=2.0)
+    assert m["succeeded"] == 4
+    assert m["wall_s"] == 4.0
+    assert m["tasks_per_min"] == 60.0
+    assert m["tasks_per_min_steady"] == 60.0  # 3 tasks in the 3 s between first and last
+    assert m["model_calls"] == 12
+    assert m["model_calls_per_s"] == 3.0
+    assert m["latency_p50_s"] == m["latency_p95_s"] == 1.0
+    assert m["first_task_s"] == 1.0
+    assert m["cpu_utilization"] == 8.0 / (5.0 * 2.0)
+    assert m["cpu_s_per_task"] == 2.0
+    # steady window 101..104: samples at 101.5, 102.5, 103.5; totals 150, 164, 176 MiB
+    assert m["node_pss_mib"] == 164.0
+    assert m["node_pss_peak_mib"] == 176.0
+    assert m["pss_mib"] == {
+        "agent": 12.0,
+        "model_server": 110.0,
+        "worker_1": 22.0,
+        "worker_2": 20.0,
+    }
+    assert m["worker_pss_mib"] == 21.0
+    assert m["node_fixed_pss_mib"] == 122.0
+    # CPU between the samples at 101.5 and 103.5 (4.3 - 2.3 s) over the 2 tasks finished then
+    assert m["cpu_s_per_task_steady"] == pytest.approx(1.0)
+
+
+def test_a_mode_summary_computes_efficiency_and_projects_the_footprint() -> None:
+    shape = instance_shape("r6i.8xlarge")
+    summary = mode_summary("shared", [_run(), _run(), _run()], 2.0, 120.0, shape)
+    assert summary["tasks_per_min"] == 60.0
+    assert summary["efficiency"] == 0.5  # 60 tasks/min / 120 limit
+    projection = summary["projection"]
+    assert projection["footprint"] == {
+        "worker_mib": 21.0, "node_fixed_mib": 122.0, "task_wall_s": 1.0,
+        "task_cpu_s": pytest.approx(1.0),
+    }  # fmt: skip
+    assert projection["workers_by_cores"] == 32  # 32 vCPU x 1 s wall / 1 CPU s
+    assert projection["workers"] == min(projection["workers_by_memory"], 32)
+    assert projection["bound_by"] == "cores"
+    assert len(summary["rounds"]) == 3
+
+
+def test_a_mode_whose_tasks_all_failed_reports_the_error() -> None:
+    run = _run()
+    run.tasks = [TaskTiming(100.0, 101.0, 0, "rejected: bad payload")]
+    summary = mode_summary("shared", [run], 2.0, 120.0, instance_shape("r6i.8xlarge"))
+    assert summary == {"error": "round 1: no task succeeded: ['rejected: bad payload']"}
+
+
+def test_the_decomposition_gives_median_phases_and_their_shares() -> None:
+    phases = [
+        {"process_start_s": 0.1, "imports_s": 0.2, "model_load_s": 0.3, "compute_s": 0.4,
+         "exit_s": 0.0, "total_s": 1.0},
+        {"process_start_s": 0.3, "imports_s": 0.2, "model_load_s": 0.5, "compute_s": 1.0,
+         "exit_s": 0.0, "total_s": 2.0},
+    ]  # fmt: skip
+    d = decomposition(phases)
+    assert d["processes"] == 2
+    assert d["total_s"] == 1.5
+    assert d["model_load_s"] == pytest.approx(0.4)
+    assert d["model_load_share"] == pytest.approx(0.4 / 1.5)
+
+
+def test_pss_roles_number_workers_and_add_up_server_processes() -> None:
+    roles = {7: "triton", 8: "triton", 3: "worker", 5: "worker", 1: "agent"}
+    sizes = {7: 10 * MIB, 8: 5 * MIB, 3: MIB, 5: 2 * MIB, 1: MIB}
+    assert role_mib(sizes, roles) == {
+        "agent": 1.0, "worker_1": 1.0, "worker_2": 2.0, "triton": 15.0
+    }  # fmt: skip
+
+
+def test_window_cpu_counts_only_processes_seen_at_both_ends() -> None:
+    samples = [PssSample(0.0, {}, {1: 1.0, 2: 5.0}), PssSample(1.0, {}, {1: 3.0, 3: 9.0})]
+    assert window_cpu_s(samples) == 2.0
+
+
+# -- probe, instances, triton -----------------------------------------------------------------
+
+
+def test_the_probe_counts_model_calls_and_keeps_the_task_value() -> None:
+    class Model:
+        def infer(self, inputs: Any, *, version: int | None = None) -> dict[str, Any]:
+            return {"y": inputs["x"]}
+
+    def task(ctx: TaskContext, payload: Any) -> Any:
+        model = ctx.model("m")
+        return [model.infer({"x": i})["y"] for i in range(payload)]
+
+    wrapped = counting(Task("t", task, max_receives=2))
+    ctx = TaskContext(
+        task_id="1", task_name="t", receive_count=1, logger=logging.getLogger("t"),
+        _heartbeat=lambda: None, _models=lambda name: Model(),
+    )  # fmt: skip
+    assert wrapped(ctx, 3) == {"value": [0, 1, 2], "model_calls": 3}
+    assert (wrapped.name, wrapped.max_receives) == ("t", 2)
+
+
+def test_instances_can_be_given_as_json(tmp_path: Path) -> None:
+    path = tmp_path / "shapes.json"
+    path.write_text(
+        json.dumps({"instances": {"x1": {"vcpu": 4, "memory_gib": 8, "usd_per_hour": 0.2}}})
+    )
+    assert instance_shape("x1", load_instances(path)).vcpu == 4
+    path.write_text(json.dumps({"instances": {"x1": {"vcpu": 4}}}))
+    with pytest.raises(ConfigError, match="usd_per_hour"):
+        load_instances(path)
+
+
+def test_triton_is_unavailable_with_the_exact_reason(tmp_path: Path) -> None:
+    assert "no --pytriton-python given" in str(triton_unavailable(None))
+    missing = tmp_path / "venv" / "bin" / "python"
+    assert triton_unavailable(missing) == (
+        f"--pytriton-python {missing} does not exist: build it with `bash scripts/triton-venv.sh` "
+        "(Debian's /usr/bin/python3.11 venv with nvidia-pytriton, onnxruntime, numpy) and pass "
+        "--pytriton-python .venv-triton/bin/python"
+    )
