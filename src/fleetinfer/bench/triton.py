@@ -9,13 +9,14 @@ ports, waits for its ready line, and stops it (and its tritonserver) with SIGTER
 from __future__ import annotations
 
 import json
-import select
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 SERVER_SCRIPT = Path(__file__).resolve().with_name("triton_server.py")
 VENV_HINT = (
@@ -76,6 +77,8 @@ class TritonServer:
         self.log_path = self._dir / "triton.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.start_s = 0.0
+        self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -91,10 +94,14 @@ class TritonServer:
 
     def __enter__(self) -> TritonServer:
         started = time.monotonic()
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command(), stdout=subprocess.PIPE, stderr=log, cwd=self._dir
-            )
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command(), stdout=subprocess.PIPE, stderr=log, cwd=self._dir
+        )
+        self._reader = threading.Thread(
+            target=self._read_stdout, args=(self.process, log), name="triton-stdout", daemon=True
+        )
+        self._reader.start()
         try:
             self._wait_ready(self.process)
         except BaseException:
@@ -106,25 +113,29 @@ class TritonServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
+    def _read_stdout(self, process: subprocess.Popen[bytes], log: BinaryIO) -> None:
+        """Copy the server's stdout into its log (so the pipe never fills), noting the ready line."""
         assert process.stdout is not None
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            readable, _, _ = select.select([process.stdout], [], [], 0.5)
-            if readable:
-                line = process.stdout.readline()
-                if not line:
-                    break
+        with log:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
                 if _is_ready(line):
-                    return
-            elif process.poll() is not None:
+                    self._ready.set()
+
+    def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while not self._ready.wait(0.2):
+            if process.poll() is not None or time.monotonic() > deadline:
                 break
+        if self._ready.is_set():
+            return
         code = process.poll()
-        ended = "it exited with code {code}" if code is not None else "it did not answer"
+        ended = f"it exited with code {code}" if code is not None else "it did not answer"
         log = self.log_path.read_text(errors="replace").strip()[-800:]
         raise TritonServerError(
             f"the Triton server ({' '.join(self.command()[:2])}) was not ready within "
-            f"{self.start_timeout_s:g} s ({ended.format(code=code)}); its log ends: {log}"
+            f"{self.start_timeout_s:g} s ({ended}); its log ends: {log}"
         )
 
     def stop(self) -> None:
@@ -138,6 +149,8 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5.0)
         if process.stdout is not None:
             process.stdout.close()
         self.process = None
