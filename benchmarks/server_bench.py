@@ -512,6 +512,8 @@ def main() -> None:
         help="python of a venv with nvidia-pytriton, onnxruntime and numpy (adds the Triton row)",
     )
     args = parser.parse_args()
+    if args.pytriton_python:  # absolute (the server starts in a scratch folder), not resolved:
+        args.pytriton_python = os.path.abspath(args.pytriton_python)  # the venv's link is the venv
     from tests.helpers.tiny_models import cdnet_repository
 
     tmp = Path(tempfile.mkdtemp(prefix="fi-bench-"))
