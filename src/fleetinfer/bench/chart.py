@@ -17,13 +17,17 @@ PANELS = (
 )
 
 
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _draw_limit(axis: Any, limit: float, highest: float) -> None:
     """A dashed line at the limit, or a note when it is far above the bars (tiny tasks)."""
     if highest > 0 and limit > 3 * highest:
-        axis.set_xlabel(f"limit {limit:.3g} tasks/min (off scale)", fontsize=8)
+        axis.set_xlabel(f"limit {_number(limit)} tasks/min (off scale)", fontsize=8)
         return
     axis.axhline(limit, color="black", linestyle="--", linewidth=1)
-    axis.annotate(f"limit {limit:.3g}", (0, limit), va="bottom", fontsize=8)
+    axis.annotate(f"limit {_number(limit)}", (0, limit), va="bottom", fontsize=8)
 
 
 def write_chart(report: dict[str, Any], path: Path) -> Path:
@@ -44,7 +48,7 @@ def write_chart(report: dict[str, Any], path: Path) -> Path:
             names, values, color=["#9aa5b1", "#e07b39", "#2b8a3e", "#5c7cfa"][: len(names)]
         )
         for bar, name, value in zip(bars, names, values, strict=True):
-            label = "not run" if "error" in modes[name] else f"{value:.3g}"
+            label = "not run" if "error" in modes[name] else _number(value)
             axis.annotate(
                 label, (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom"
             )

@@ -189,7 +189,9 @@ def run_mode(config: BenchConfig, mode: str, number: int) -> RoundRun:
                 instances=config.server_instances,
             )
             with server:
+                server_cpu_s = server.cpu_s()
                 run = run_on_node(config, mode, number, workdir, triton_url=server.url)
+                run.cpu_s += server.cpu_s() - server_cpu_s  # still running: not in rusage
             run.server_start_s = server.start_s
             return run
         return run_on_node(config, mode, number, workdir)

@@ -8,7 +8,9 @@ ports, waits for its ready line, and stops it (and its tritonserver) with SIGTER
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 from typing import BinaryIO
+
+from fleetinfer.bench.measure import child_pids, process_cpu_s
 
 SERVER_SCRIPT = Path(__file__).resolve().with_name("triton_server.py")
 VENV_HINT = (
@@ -113,6 +117,15 @@ class TritonServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def cpu_s(self) -> float:
+        """CPU seconds so far of the server and every process under it (/proc)."""
+        assert self.process is not None
+        total = 0.0
+        for pid in [self.process.pid, *child_pids(self.process.pid)]:
+            with contextlib.suppress(OSError):
+                total += process_cpu_s(pid)
+        return total
+
     def _read_stdout(self, process: subprocess.Popen[bytes], log: BinaryIO) -> None:
         """Copy the server's stdout into its log (so the pipe never fills), noting the ready line."""
         assert process.stdout is not None
@@ -154,6 +167,7 @@ class TritonServer:
         if process.stdout is not None:
             process.stdout.close()
         self.process = None
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def _is_ready(line: bytes) -> bool:
