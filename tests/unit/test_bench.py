@@ -147,7 +147,7 @@ def test_round_metrics_come_from_the_task_timestamps_cpu_and_steady_pss() -> Non
 
 def test_a_mode_summary_computes_efficiency_and_projects_the_footprint() -> None:
     shape = instance_shape("r6i.8xlarge")
-    summary = mode_summary("shared", [_run(), _run(), _run()], 2.0, 120.0, shape)
+    summary = mode_summary("shared", [_run(), _run(), _run()], 2.0, 120.0, shape, workers=1)
     assert summary["tasks_per_min"] == 60.0
     assert summary["efficiency"] == 0.5  # 60 tasks/min / 120 limit
     projection = summary["projection"]
@@ -161,10 +161,20 @@ def test_a_mode_summary_computes_efficiency_and_projects_the_footprint() -> None
     assert len(summary["rounds"]) == 3
 
 
+def test_the_projection_uses_the_wall_a_task_takes_with_a_core_to_itself() -> None:
+    shape = instance_shape("r6i.8xlarge")
+    # 8 workers on 1.6 busy cores (2 cores x 0.8 utilization): each task waited for a core,
+    # so its 1 s measured wall is 1 x 1.6 / 8 = 0.2 s of its own
+    summary = mode_summary("shared", [_run()], 2.0, 120.0, shape, workers=8)
+    assert summary["task_wall_uncontended_s"] == pytest.approx(0.2)
+    assert summary["projection"]["footprint"]["task_wall_s"] == pytest.approx(0.2)
+    assert summary["projection"]["workers_by_cores"] == 6  # floor(32 x 0.2 / 1.0)
+
+
 def test_a_mode_whose_tasks_all_failed_reports_the_error() -> None:
     run = _run()
     run.tasks = [TaskTiming(100.0, 101.0, 0, "rejected: bad payload")]
-    summary = mode_summary("shared", [run], 2.0, 120.0, instance_shape("r6i.8xlarge"))
+    summary = mode_summary("shared", [run], 2.0, 120.0, instance_shape("r6i.8xlarge"), workers=1)
     assert summary == {"error": "round 1: no task succeeded: ['rejected: bad payload']"}
 
 

@@ -20,7 +20,9 @@ from fleetinfer.bench.runner import BenchRun, Calibration, RoundRun
 DEFINITIONS = {
     "wall_s": "node start (isolated-per-task: first process spawned) -> last task finished",
     "tasks_per_min": "succeeded tasks x 60 / wall_s",
-    "tasks_per_min_steady": "(tasks - 1) x 60 / (last finish - first finish): start-up left out",
+    "tasks_per_min_steady": "(tasks - 1) x 60 / (last finish - first finish): start-up left out, "
+    "and biased high when the tasks are few per worker (work of the first tasks done before "
+    "the window); use many tasks per worker for a steady rate",
     "model_calls_per_s": "model calls (every infer of a task, counted around the handle) / wall_s",
     "latency_p50_s, latency_p95_s": "per task, worker start -> finish (results store); "
     "isolated-per-task: process spawned -> process exited, its whole life",
@@ -36,11 +38,14 @@ DEFINITIONS = {
     "each task process's peak, as each lives only for its task)",
     "limit_tasks_per_min": "cores x 60 / warm CPU seconds per task (one process, in-process "
     "client, one intra-op thread, after a warm-up task)",
-    "efficiency": "tasks_per_min / limit_tasks_per_min; efficiency_steady: the same with "
-    "tasks_per_min_steady",
+    "efficiency": "tasks_per_min / limit_tasks_per_min",
+    "task_wall_uncontended_s": "latency_p50_s x min(1, busy cores / workers), busy cores = cores "
+    "x cpu_utilization: the wall of a task with a core to itself, when the run had more workers "
+    "than busy cores (each task then waited for a core); the projection's task wall",
     "ratios": "median over rounds of the ratio of two modes measured in the same round",
     "projection": "see fleetinfer.bench.projection: workers by memory and by cores on the "
-    "instance, from worker_pss_mib, node_fixed_pss_mib, latency_p50_s and cpu_s_per_task",
+    "instance, from worker_pss_mib, node_fixed_pss_mib, task_wall_uncontended_s and "
+    "cpu_s_per_task_steady (else cpu_s_per_task)",
 }
 PER_PROCESS_ROLES = ("worker", "task_process")
 RATIOS = {
@@ -155,7 +160,13 @@ def median_of(rounds: Sequence[Mapping[str, Any]], key: str) -> float | None:
 
 
 def mode_summary(
-    mode: str, runs: Sequence[RoundRun], cores: float, limit: float, shape: InstanceShape
+    mode: str,
+    runs: Sequence[RoundRun],
+    cores: float,
+    limit: float,
+    shape: InstanceShape,
+    *,
+    workers: int,
 ) -> dict[str, Any]:
     """Medians over the rounds, the efficiency, the projection, and the rounds themselves."""
     rounds = [round_metrics(run, cores) for run in runs]
@@ -169,8 +180,8 @@ def mode_summary(
     summary["pss_mib"] = _median_roles([r["pss_mib"] for r in rounds])
     summary["limit_tasks_per_min"] = limit
     summary["efficiency"] = efficiency(summary["tasks_per_min"], limit)
-    steady = summary["tasks_per_min_steady"]
-    summary["efficiency_steady"] = None if steady is None else efficiency(steady, limit)
+    busy_cores = cores * summary["cpu_utilization"]
+    summary["task_wall_uncontended_s"] = summary["latency_p50_s"] * min(1.0, busy_cores / workers)
     summary["projection"] = _projection(mode, summary, shape)
     if mode == "isolated-per-task":
         summary["decomposition"] = decomposition([p for run in runs for p in run.phases])
@@ -200,7 +211,7 @@ def _projection(mode: str, summary: Mapping[str, Any], shape: InstanceShape) -> 
         mode=mode,
         worker_mib=worker,
         node_fixed_mib=summary["node_fixed_pss_mib"] or 0.0,
-        task_wall_s=summary["latency_p50_s"],
+        task_wall_s=summary["task_wall_uncontended_s"],
         task_cpu_s=summary["cpu_s_per_task_steady"] or summary["cpu_s_per_task"],
     )
     return project(footprint, shape).to_json() | {"footprint": _footprint_json(footprint)}
@@ -253,7 +264,9 @@ def build_report(run: BenchRun, shape: InstanceShape, *, payloads_file: str) -> 
         if mode in run.errors:
             modes[mode] = {"error": run.errors[mode]}
             continue
-        modes[mode] = mode_summary(mode, run.runs[mode], run.cores, limit, shape)
+        modes[mode] = mode_summary(
+            mode, run.runs[mode], run.cores, limit, shape, workers=config.workers
+        )
     usable = {m for m, s in modes.items() if "error" not in s}
     ratios = {
         name: paired_ratio(run.runs, run.cores, a, b, key) if {a, b} <= usable else None
