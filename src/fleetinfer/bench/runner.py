@@ -181,20 +181,42 @@ def run_mode(config: BenchConfig, mode: str, number: int) -> RoundRun:
         if mode == "isolated-per-task":
             return run_per_task(config, number)
         if mode == "triton":
-            assert config.pytriton_python is not None
-            server = TritonServer(
-                config.pytriton_python,
-                config.models,
-                threads=config.server_threads,
-                instances=config.server_instances,
-            )
-            with server:
+            with start_triton(config) as server:
                 server_cpu_s = server.cpu_s()
                 run = run_on_node(config, mode, number, workdir, triton_url=server.url)
                 run.cpu_s += server.cpu_s() - server_cpu_s  # still running: not in rusage
             run.server_start_s = server.start_s
             return run
         return run_on_node(config, mode, number, workdir)
+
+
+TRITON_START_ATTEMPTS = 2
+
+
+@contextmanager
+def start_triton(config: BenchConfig) -> Iterator[TritonServer]:
+    """A ready Triton server; a start that hangs (seen once in 12 under a loaded machine: the
+    Python backend stuck loading a model) is stopped and tried once more before the row fails."""
+    assert config.pytriton_python is not None
+    for attempt in range(1, TRITON_START_ATTEMPTS + 1):
+        server = TritonServer(
+            config.pytriton_python,
+            config.models,
+            threads=config.server_threads,
+            instances=config.server_instances,
+            start_timeout_s=120.0,
+        )
+        try:
+            server.__enter__()
+        except TritonServerError as exc:
+            if attempt == TRITON_START_ATTEMPTS:
+                raise TritonServerError(f"{exc} (start attempt {attempt} of {attempt})") from exc
+            continue
+        try:
+            yield server
+        finally:
+            server.__exit__()
+        return
 
 
 # -- node modes ------------------------------------------------------------------------------
