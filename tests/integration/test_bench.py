@@ -144,3 +144,28 @@ def test_the_triton_row_says_why_when_its_python_does_not_exist(tmp_path: Path) 
         "onnxruntime, numpy) and pass --pytriton-python .venv-triton/bin/python"
     }
     assert report["modes"]["isolated"]["succeeded_per_round"] == [2]
+
+
+@pytest.mark.parametrize(
+    ("payloads", "args", "code", "message"),
+    [
+        ('{"seed": 1, "n": 1}\n{"seed": 2,\n', (), 4, "bad.jsonl:2: not a JSON payload"),
+        ('{"seed": 1, "n": 1}\n', ("--modes", "shared,gpu"), 3, "--modes must name each of"),
+        ('{"seed": 1, "n": 1}\n', ("--instance", "z9.huge"), 3, "unknown instance shape 'z9.huge'"),
+    ],
+)
+def test_bad_input_and_configuration_exit_with_their_named_codes(
+    tmp_path: Path, payloads: str, args: tuple[str, ...], code: int, message: str
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(payloads)
+    command = [
+        sys.executable, "-m", "fleetinfer", "bench", "examples.tinyapp.tasks:score",
+        "--models", "examples/tinyapp/models", "--payloads", str(bad), "--out", str(tmp_path),
+        *args,
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == code, done.stderr
+    assert message in " ".join(done.stderr.split())
