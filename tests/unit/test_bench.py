@@ -119,11 +119,12 @@ def _run() -> RoundRun:
 
 
 def test_round_metrics_come_from_the_task_timestamps_cpu_and_steady_pss() -> None:
-    m = round_metrics(_run(), cores=2.0)
+    m = round_metrics(_run(), cores=2.0, workers=1)
     assert m["succeeded"] == 4
     assert m["wall_s"] == 4.0
     assert m["tasks_per_min"] == 60.0
     assert m["tasks_per_min_steady"] == 60.0  # 3 tasks in the 3 s between first and last
+    assert round_metrics(_run(), cores=2.0, workers=2)["tasks_per_min_steady"] is None
     assert m["model_calls"] == 12
     assert m["model_calls_per_s"] == 3.0
     assert m["latency_p50_s"] == m["latency_p95_s"] == 1.0
@@ -145,11 +146,22 @@ def test_round_metrics_come_from_the_task_timestamps_cpu_and_steady_pss() -> Non
     assert m["cpu_s_per_task_steady"] == pytest.approx(1.0)
 
 
+def test_the_steady_rate_leaves_out_the_ramp_up_and_the_drain() -> None:
+    from fleetinfer.bench.report import steady_tasks_per_min
+
+    # 2 workers: a slow start (first finishes at 10 and 11), then one task a second, then drain
+    finishes = [10.0, 11.0, *[12.0 + i for i in range(8)], 30.0]
+    # finishes sorted: index 1 (11.0) to index 9 (19.0): 8 tasks in 8 s
+    assert steady_tasks_per_min(finishes, 2) == 60.0
+    assert steady_tasks_per_min(finishes[:5], 2) is None  # below 3 x workers
+
+
 def test_a_mode_summary_computes_efficiency_and_projects_the_footprint() -> None:
     shape = instance_shape("r6i.8xlarge")
     summary = mode_summary("shared", [_run(), _run(), _run()], 2.0, 120.0, shape, workers=1)
     assert summary["tasks_per_min"] == 60.0
-    assert summary["efficiency"] == 0.5  # 60 tasks/min / 120 limit
+    assert summary["efficiency"] == 0.5  # steady 60 tasks/min / 120 limit
+    assert summary["efficiency_whole_run"] == 0.5
     projection = summary["projection"]
     assert projection["footprint"] == {
         "worker_mib": 21.0, "node_fixed_mib": 122.0, "task_wall_s": 1.0,

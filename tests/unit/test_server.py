@@ -230,12 +230,17 @@ def test_the_client_reconnects_after_a_server_restart(repo: Path, short_dir: Pat
         server.stop()
 
 
-def test_queued_requests_are_merged_into_one_execution(short_dir: Path) -> None:
+@pytest.mark.parametrize(("preferred", "most_executions"), [("[]", 3), ("[2]", 4), ("[1]", 4)])
+def test_queued_requests_are_merged_into_one_execution(
+    short_dir: Path, preferred: str, most_executions: int
+) -> None:
+    """Up to the largest preferred batch size (else max_batch_size): with [2], four requests
+    take at least two executions; with [1], exactly four."""
     root = short_dir / "batching"
     affine_repository(root)
     text = (root / "affine" / "config.toml").read_text()
     (root / "affine" / "config.toml").write_text(
-        text + "\n[batching]\nmax_queue_delay_us = 300000\n"
+        text + f"\n[batching]\nmax_queue_delay_us = 300000\npreferred_batch_sizes = {preferred}\n"
     )
     server = start_server(root, short_dir / "b.sock")
     client = SharedModelClient(server.config.socket_path)
@@ -254,7 +259,8 @@ def test_queued_requests_are_merged_into_one_execution(short_dir: Path) -> None:
             np.testing.assert_array_equal(results[i], np.full((1, 4), 2 * i + 1, np.float32))
         values = server.stats.get("affine", 1).snapshot()
         assert values["nv_inference_count"] == 4
-        assert values["nv_inference_exec_count"] < 4
+        assert values["nv_inference_exec_count"] <= most_executions
+        assert values["nv_inference_exec_count"] >= {"[]": 1, "[2]": 2, "[1]": 4}[preferred]
     finally:
         client.close()
         server.stop()

@@ -13,7 +13,7 @@ from fleetinfer.errors import MissingExtraError
 PANELS = (
     ("tasks_per_min", "tasks/min (median over rounds)"),
     ("node_pss_mib", "node PSS, MiB (steady, median)"),
-    ("efficiency", "efficiency = tasks/min ÷ limit"),
+    ("efficiency", "efficiency = steady tasks/min ÷ limit"),
 )
 
 

@@ -20,9 +20,10 @@ from fleetinfer.bench.runner import BenchRun, Calibration, RoundRun
 DEFINITIONS = {
     "wall_s": "node start (isolated-per-task: first process spawned) -> last task finished",
     "tasks_per_min": "succeeded tasks x 60 / wall_s",
-    "tasks_per_min_steady": "(tasks - 1) x 60 / (last finish - first finish): start-up left out, "
-    "and biased high when the tasks are few per worker (work of the first tasks done before "
-    "the window); use many tasks per worker for a steady rate",
+    "tasks_per_min_steady": "tasks/min while every worker is busy: with finishes sorted and W "
+    "workers (isolated-per-task: W processes at a time), (n - 2W + 1) x 60 / (finish[n-W] - "
+    "finish[W-1]), leaving out the ramp-up (each worker's first task, which also carries the "
+    "node's start-up) and the drain; null below 3W tasks",
     "model_calls_per_s": "model calls (every infer of a task, counted around the handle) / wall_s",
     "latency_p50_s, latency_p95_s": "per task, worker start -> finish (results store); "
     "isolated-per-task: process spawned -> process exited, its whole life",
@@ -38,7 +39,9 @@ DEFINITIONS = {
     "each task process's peak, as each lives only for its task)",
     "limit_tasks_per_min": "cores x 60 / warm CPU seconds per task (one process, in-process "
     "client, one intra-op thread, after a warm-up task)",
-    "efficiency": "tasks_per_min / limit_tasks_per_min",
+    "efficiency": "tasks_per_min_steady / limit_tasks_per_min (the limit is a warm, steady "
+    "rate too); efficiency_whole_run: tasks_per_min / limit_tasks_per_min, node start-up "
+    "included",
     "task_wall_uncontended_s": "latency_p50_s x min(1, busy cores / workers), busy cores = cores "
     "x cpu_utilization: the wall of a task with a core to itself, when the run had more workers "
     "than busy cores (each task then waited for a core); the projection's task wall",
@@ -50,6 +53,7 @@ DEFINITIONS = {
 PER_PROCESS_ROLES = ("worker", "task_process")
 RATIOS = {
     "shared_vs_isolated_tasks_per_min": ("shared", "isolated", "tasks_per_min"),
+    "shared_vs_isolated_tasks_per_min_steady": ("shared", "isolated", "tasks_per_min_steady"),
     "shared_vs_isolated_node_pss": ("shared", "isolated", "node_pss_mib"),
     "shared_vs_triton_tasks_per_min": ("shared", "triton", "tasks_per_min"),
     "shared_vs_isolated_per_task_tasks_per_min": ("shared", "isolated-per-task", "tasks_per_min"),
@@ -78,7 +82,16 @@ def efficiency(tasks_per_min: float, limit: float) -> float:
 # -- one round -------------------------------------------------------------------------------
 
 
-def round_metrics(run: RoundRun, cores: float) -> dict[str, Any]:
+def steady_tasks_per_min(finished_at: Sequence[float], workers: int) -> float | None:
+    """Tasks/min while all `workers` are busy (definition in DEFINITIONS); None if too few."""
+    times = sorted(finished_at)
+    begin, end = workers - 1, len(times) - workers
+    if end - begin <= workers or times[end] <= times[begin]:
+        return None
+    return (end - begin) * 60.0 / (times[end] - times[begin])
+
+
+def round_metrics(run: RoundRun, cores: float, workers: int) -> dict[str, Any]:
     """The numbers of one mode in one round."""
     ok = [t for t in run.tasks if t.error is None]
     metrics: dict[str, Any] = {
@@ -98,7 +111,7 @@ def round_metrics(run: RoundRun, cores: float) -> dict[str, Any]:
     metrics |= {
         "wall_s": wall_s,
         "tasks_per_min": len(ok) * 60.0 / wall_s,
-        "tasks_per_min_steady": (len(ok) - 1) * 60.0 / (last - first) if last > first else None,
+        "tasks_per_min_steady": steady_tasks_per_min([t.finished_at for t in ok], workers),
         "model_calls": calls,
         "model_calls_per_s": calls / wall_s,
         "latency_p50_s": percentile(latencies, 0.5),
@@ -169,7 +182,7 @@ def mode_summary(
     workers: int,
 ) -> dict[str, Any]:
     """Medians over the rounds, the efficiency, the projection, and the rounds themselves."""
-    rounds = [round_metrics(run, cores) for run in runs]
+    rounds = [round_metrics(run, cores, workers) for run in runs]
     failed = [r for r in rounds if not r["succeeded"]]
     if failed:
         return {"error": f"round {failed[0]['round']}: no task succeeded: {failed[0]['errors']}"}
@@ -179,7 +192,9 @@ def mode_summary(
     summary["model_calls_per_round"] = [r["model_calls"] for r in rounds]
     summary["pss_mib"] = _median_roles([r["pss_mib"] for r in rounds])
     summary["limit_tasks_per_min"] = limit
-    summary["efficiency"] = efficiency(summary["tasks_per_min"], limit)
+    steady = summary["tasks_per_min_steady"]
+    summary["efficiency"] = efficiency(steady if steady else summary["tasks_per_min"], limit)
+    summary["efficiency_whole_run"] = efficiency(summary["tasks_per_min"], limit)
     busy_cores = cores * summary["cpu_utilization"]
     summary["task_wall_uncontended_s"] = summary["latency_p50_s"] * min(1.0, busy_cores / workers)
     summary["projection"] = _projection(mode, summary, shape)
@@ -244,13 +259,13 @@ def decomposition(phases: Sequence[Mapping[str, float]]) -> dict[str, Any]:
 
 
 def paired_ratio(
-    runs: Mapping[str, Sequence[RoundRun]], cores: float, a: str, b: str, key: str
+    runs: Mapping[str, Sequence[RoundRun]], cores: float, workers: int, a: str, b: str, key: str
 ) -> float | None:
     """Median over rounds of mode a's value ÷ mode b's value in the same round."""
     ratios = []
     for run_a, run_b in zip(runs.get(a, ()), runs.get(b, ()), strict=False):
-        value_a = round_metrics(run_a, cores).get(key)
-        value_b = round_metrics(run_b, cores).get(key)
+        value_a = round_metrics(run_a, cores, workers).get(key)
+        value_b = round_metrics(run_b, cores, workers).get(key)
         if value_a is not None and value_b:
             ratios.append(value_a / value_b)
     return statistics.median(ratios) if ratios else None
@@ -269,7 +284,9 @@ def build_report(run: BenchRun, shape: InstanceShape, *, payloads_file: str) -> 
         )
     usable = {m for m, s in modes.items() if "error" not in s}
     ratios = {
-        name: paired_ratio(run.runs, run.cores, a, b, key) if {a, b} <= usable else None
+        name: paired_ratio(run.runs, run.cores, config.workers, a, b, key)
+        if {a, b} <= usable
+        else None
         for name, (a, b, key) in RATIOS.items()
     }
     return {

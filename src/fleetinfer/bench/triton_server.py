@@ -113,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
                 outputs=_tensors(config["outputs"]),
                 config=ModelConfig(
                     max_batch_size=int(config["max_batch_size"]),
-                    batcher=DynamicBatcher(max_queue_delay_microseconds=args.max_queue_delay_us),
+                    batcher=DynamicBatcher(  # the same batching as config.toml gives our server
+                        max_queue_delay_microseconds=args.max_queue_delay_us,
+                        preferred_batch_size=config.get("batching", {}).get("preferred_batch_sizes")
+                        or None,
+                    ),
                 ),
                 strict=False,
             )

@@ -124,7 +124,7 @@ def _write(report: dict[str, Any], out: Path) -> None:
 
 ROWS = (
     ("tasks/min", "tasks_per_min", "{:.1f}"),
-    ("tasks/min after the first", "tasks_per_min_steady", "{:.1f}"),
+    ("tasks/min, all workers busy", "tasks_per_min_steady", "{:.1f}"),
     ("efficiency (÷ limit)", "efficiency", "{:.2f}"),
     ("model calls/s", "model_calls_per_s", "{:.1f}"),
     ("latency p50 / s", "latency_p50_s", "{:.3f}"),

@@ -2,10 +2,12 @@
 
 A request whose model is idle runs at once on the connection thread that read it (no hand-off).
 When every instance is busy, requests queue; each batcher thread (one per configured instance)
-takes whatever is queued and compatible (same non-batch shapes), up to `max_batch_size`, and runs
-it as one batch: it merges what is already there and never waits for more
-(`max_queue_delay_us = 0`, the measured best on CPU); a positive delay makes it wait that long
-for a fuller batch. Outputs are written straight into each client's region and each client gets
+takes whatever is queued and compatible (same non-batch shapes), up to the largest of the
+`preferred_batch_sizes` (else `max_batch_size`), and runs it as one batch: it merges what is
+already there and never waits for more (`max_queue_delay_us = 0`, the measured best on CPU); a
+positive delay makes it wait that long for a fuller batch. On CPU a merged batch runs no faster
+per sample than its parts, while the memory ONNX Runtime keeps for activations grows with the
+largest batch it has run: a preferred size caps that memory for models called with big batches. Outputs are written straight into each client's region and each client gets
 its own reply. A failed merged batch is retried request by request, so one bad request cannot
 fail its neighbours.
 """
@@ -87,6 +89,8 @@ class ModelExecutor:
         self.instances = max(1, instances or self.config.instance_count)
         self.batchable = all(s.shape[0] == -1 for s in self.config.inputs + self.config.outputs)
         self.delay_ns = self.config.batching.max_queue_delay_us * 1000
+        preferred = self.config.batching.preferred_batch_sizes
+        self.merge_limit = max(preferred) if preferred else self.config.max_batch_size
         self._direct = self.batchable and all(-1 not in s.shape[1:] for s in self.config.outputs)
         self._queue: deque[Pending] = deque()
         self._cond = threading.Condition()
@@ -161,7 +165,7 @@ class ModelExecutor:
         if self.delay_ns == 0:
             return
         deadline_ns = self._queue[0].enqueued_ns + self.delay_ns
-        while not self._closed and self._queued_samples() < self.config.max_batch_size:
+        while not self._closed and self._queued_samples() < self.merge_limit:
             left_s = (deadline_ns - time.perf_counter_ns()) / 1e9
             if left_s <= 0:
                 return
@@ -178,7 +182,7 @@ class ModelExecutor:
         key, kept = first.shapes(), deque[Pending]()
         while self._queue:
             p = self._queue.popleft()
-            if p.shapes() == key and total + p.batch <= self.config.max_batch_size:
+            if p.shapes() == key and total + p.batch <= self.merge_limit:
                 batch.append(p)
                 total += p.batch
             else:
