@@ -320,9 +320,9 @@ def _settings(run: BenchRun, payloads_file: str) -> dict[str, Any]:
         "threads": {
             "isolated-per-task": f"{config.process_threads} intra-op per process",
             "isolated": f"{config.process_threads} intra-op per worker",
-            "shared": f"{config.server_instances} instance(s) x {config.server_threads} "
+            "shared": f"{config.server_executions} instance(s) x {config.server_threads} "
             "intra-op per model in the model server",
-            "triton": f"{config.server_instances} instance(s) x {config.server_threads} "
+            "triton": f"{config.server_executions} instance(s) x {config.server_threads} "
             "intra-op per model in Triton",
         },
         "order": run.order,

@@ -7,7 +7,8 @@
     triton             a node of W workers calling a Triton server (PyTriton), same ONNX files
 
 Thread budget `T` (default: the usable cores): the shared server and Triton run each model as
-I concurrent executions (`server_instances`, default 1) of max(1, T // I) intra-op threads;
+I concurrent executions (`server_instances`; default T, measured fastest here: one
+single-threaded execution per core, no idle intra-op threads spinning) of max(1, T // I) threads;
 isolated workers and per-task processes get max(1, T // W) each. (Left alone,
 an in-process session takes the repository's `intra_op_threads`, whose 0 means ONNX Runtime's
 default of one thread per core in *every* worker; the node sets OMP/OpenBLAS/MKL pools to 1 but
@@ -61,7 +62,7 @@ class BenchConfig:
     workers: int = 2
     threads: int = 0  # 0: the usable cores
     pytriton_python: Path | None = None
-    server_instances: int = 1
+    server_instances: int = 0  # 0: one per thread of the budget
     calibration_tasks: int = 5
     sample_interval_s: float = 0.25
 
@@ -72,7 +73,9 @@ class BenchConfig:
                 f"--modes must name each of {', '.join(MODES)} at most once, got "
                 f"{','.join(self.modes)!r}"
             )
-        for name in ("rounds", "workers", "calibration_tasks", "server_instances"):
+        if self.server_instances < 0:
+            raise ConfigError(f"server_instances must be >= 0, got {self.server_instances}")
+        for name in ("rounds", "workers", "calibration_tasks"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if self.threads < 0:
@@ -87,10 +90,14 @@ class BenchConfig:
         return self.threads or max(1, int(usable_cores()))
 
     @property
+    def server_executions(self) -> int:
+        """Concurrent executions of a model in the shared server and in Triton."""
+        return self.server_instances or self.thread_budget
+
+    @property
     def server_threads(self) -> int:
-        """Intra-op threads of each of the `server_instances` executions of a model in the
-        shared server and in Triton."""
-        return max(1, self.thread_budget // self.server_instances)
+        """Intra-op threads of each of those executions."""
+        return max(1, self.thread_budget // self.server_executions)
 
     @property
     def process_threads(self) -> int:
@@ -203,7 +210,7 @@ def start_triton(config: BenchConfig) -> Iterator[TritonServer]:
             config.pytriton_python,
             config.models,
             threads=config.server_threads,
-            instances=config.server_instances,
+            instances=config.server_executions,
             start_timeout_s=120.0,
         )
         try:
@@ -243,7 +250,7 @@ def run_on_node(
         grace_s=30.0,
         poll_interval_s=0.1,
         server_intra_op_threads=config.server_threads if mode == "shared" else None,
-        server_instance_count=config.server_instances if mode == "shared" else None,
+        server_instance_count=config.server_executions if mode == "shared" else None,
         worker_intra_op_threads=config.process_threads if mode == "isolated" else None,
         triton_url=triton_url,
     )

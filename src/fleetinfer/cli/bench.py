@@ -62,11 +62,11 @@ def bench(
         int,
         typer.Option(
             "--server-instances",
-            min=1,
+            min=0,
             help="Concurrent executions per model in the shared server and Triton; each gets "
-            "threads ÷ instances intra-op threads.",
+            "threads ÷ instances intra-op threads (0: one single-threaded execution per thread).",
         ),
-    ] = 1,
+    ] = 0,
     calibration_tasks: Annotated[
         int, typer.Option("--calibration-tasks", min=1, help="Warm tasks measured for the limit.")
     ] = 5,
