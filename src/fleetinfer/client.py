@@ -39,6 +39,10 @@ class ModelHandle(Protocol):
 
     def infer(self, inputs: Mapping[str, Any], *, version: int | None = None) -> Tensors: ...
 
+    def empty(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray[Any, Any]:
+        """An array to fill with an input; see `ModelClient.empty` (no copy in `shared` mode)."""
+        ...
+
 
 class ModelClient(ABC):
     """Hands out `ModelHandle`s by model name."""
@@ -88,6 +92,9 @@ class _InProcessHandle:
     def infer(self, inputs: Mapping[str, Any], *, version: int | None = None) -> Tensors:
         return self._client.session(self._name, version).infer(inputs)
 
+    def empty(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray[Any, Any]:
+        return self._client.empty(shape, dtype)
+
 
 class InProcessModelClient(ModelClient):
     """Each process its own ONNX Runtime sessions, loaded on first use and kept."""
@@ -131,6 +138,9 @@ class _SharedHandle:
 
     def infer(self, inputs: Mapping[str, Any], *, version: int | None = None) -> Tensors:
         return self._client.infer(self._name, inputs, version=version)
+
+    def empty(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray[Any, Any]:
+        return self._client.empty(shape, dtype)
 
 
 class SharedModelClient(ModelClient):
@@ -245,6 +255,9 @@ class _TritonHandle:
 
     def infer(self, inputs: Mapping[str, Any], *, version: int | None = None) -> Tensors:
         return self._client.infer(self._name, inputs, version=version)
+
+    def empty(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray[Any, Any]:
+        return self._client.empty(shape, dtype)
 
 
 class TritonModelClient(ModelClient):

@@ -36,6 +36,8 @@ from collections.abc import Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 if TYPE_CHECKING:
     from fleetinfer.client import InProcessModelClient, ModelHandle, Tensors
     from fleetinfer.task import Task, TaskContext
@@ -57,6 +59,9 @@ class TimedLoadHandle:
             self._loaded.add(version)
         self._stats["model_calls"] += 1
         return self._handle.infer(inputs, version=version)
+
+    def empty(self, shape: tuple[int, ...], dtype: Any = "float32") -> np.ndarray[Any, Any]:
+        return self._handle.empty(shape, dtype)
 
 
 def _context(task: Task, models: Any) -> TaskContext:

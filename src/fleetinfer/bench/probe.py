@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from fleetinfer.errors import ConfigError
 from fleetinfer.task import App, Task, TaskContext, resolve_target
 
@@ -51,6 +53,9 @@ class CountingHandle:
             if outputs[name].ndim == 2 and outputs[name].shape[1] == 1:
                 outputs[name] = outputs[name].reshape(-1)
         return outputs
+
+    def empty(self, shape: tuple[int, ...], dtype: Any = "float32") -> np.ndarray[Any, Any]:
+        return self._handle.empty(shape, dtype)
 
 
 def scalar_outputs(models: Path) -> str:
