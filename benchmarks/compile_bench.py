@@ -133,11 +133,6 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     timings = time_versions(
         repo, model, {"fp32": manifest["source_version"], "int8": result.version}, args
     )
-    speedup = (
-        timings["threads_0"]["speedup"]
-        if "threads_0" in timings
-        else next(iter(timings.values()))["speedup"]
-    )
     drop = manifest["accuracy"]["drop"]
     return {
         "benchmark": "compile_bench",
@@ -153,7 +148,13 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "bar": {
             "speedup": SPEEDUP_BAR,
             "macc_drop": MACC_DROP_BAR,
-            "met": speedup >= SPEEDUP_BAR and drop <= MACC_DROP_BAR,
+            # per intra-op thread setting: threads_1 is the per-core rate (what a server of
+            # single-threaded executions, one per core, multiplies), threads_0 one batch-1
+            # request spread over every core
+            "met": {
+                name: t["speedup"] >= SPEEDUP_BAR and drop <= MACC_DROP_BAR
+                for name, t in timings.items()
+            },
         },
         "manifest": manifest,
     }
