@@ -68,7 +68,7 @@ class ModelClient(ABC):
         if mode == "triton":
             if url is None:
                 raise ConfigError("model client mode 'triton' needs url='127.0.0.1:8000'")
-            return TritonModelClient(url)
+            return TritonModelClient(url, repository=repository)
         raise ConfigError(f"unknown model client mode {mode!r}: expected one of {CLIENT_MODES}")
 
     @abstractmethod
@@ -263,11 +263,18 @@ class _TritonHandle:
 class TritonModelClient(ModelClient):
     """A Triton (or any KServe v2) server over HTTP; one persistent connection per thread.
 
-    A dropped connection is re-opened and the request retried once (inference is idempotent)."""
+    A dropped connection is re-opened and the request retried once (inference is idempotent).
+    Given the model `repository` Triton serves, outputs come back in the shapes it declares:
+    Triton cannot declare one value per sample (shape [-1]) and returns such an output as
+    [batch, 1], which is given back as [batch], as the other modes return it."""
 
-    def __init__(self, url: str, *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, url: str, *, timeout_s: float = 60.0, repository: Path | str | None = None
+    ) -> None:
         self.url = url.removeprefix("http://").rstrip("/")
         self.timeout_s = timeout_s
+        self.repository = None if repository is None else ModelRepository(repository)
+        self._ranks: dict[str, dict[str, int]] = {}
         self._local = threading.local()
 
     def model(self, name: str) -> ModelHandle:
@@ -294,7 +301,20 @@ class TritonModelClient(ModelClient):
         response, payload = self._exchange("POST", path, body, headers)
         kserve.raise_for_status(response, payload, model)
         length = response.getheader(kserve.HEADER_LENGTH)
-        return kserve.decode_response(payload, int(length) if length else None)
+        outputs = kserve.decode_response(payload, int(length) if length else None)
+        return self._declared_shapes(model, outputs)
+
+    def _declared_shapes(self, model: str, outputs: Tensors) -> Tensors:
+        if self.repository is None:
+            return outputs
+        if model not in self._ranks:
+            config = self.repository.config(model)
+            self._ranks[model] = {spec.name: len(spec.shape) for spec in config.outputs}
+        ranks = self._ranks[model]
+        for name, array in outputs.items():
+            if array.ndim == ranks.get(name, array.ndim) + 1 and array.shape[-1] == 1:
+                outputs[name] = array.reshape(array.shape[:-1])
+        return outputs
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)

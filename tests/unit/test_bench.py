@@ -257,31 +257,3 @@ def test_triton_is_unavailable_with_the_exact_reason(tmp_path: Path) -> None:
         "(Debian's /usr/bin/python3.11 venv with nvidia-pytriton, onnxruntime, numpy) and pass "
         "--pytriton-python .venv-triton/bin/python"
     )
-
-
-def test_the_probe_gives_triton_scalar_outputs_back_one_value_per_sample(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import numpy as np
-
-    from fleetinfer.bench.probe import SCALAR_OUTPUTS_ENV, scalar_outputs
-
-    roadchange_models = TINY_MODELS.parents[2] / "src" / "roadchange" / "models"
-    listed = scalar_outputs(roadchange_models).split(",")
-    assert "cdnet/changed_logit" in listed
-    assert "cdnet/type_logits" not in listed  # [-1, 7]: two dimensions, left alone
-    assert scalar_outputs(TINY_MODELS) == ""
-
-    class Triton:
-        def infer(self, inputs: Any, *, version: int | None = None) -> dict[str, Any]:
-            return {"changed_logit": np.zeros((3, 1)), "type_logits": np.zeros((3, 1))}
-
-    monkeypatch.setenv(SCALAR_OUTPUTS_ENV, "m/changed_logit,other/type_logits")
-    wrapped = counting(Task("t", lambda ctx, p: ctx.model("m").infer({})))
-    ctx = TaskContext(
-        task_id="1", task_name="t", receive_count=1, logger=logging.getLogger("t"),
-        _heartbeat=lambda: None, _models=lambda name: Triton(),
-    )  # fmt: skip
-    outputs = wrapped(ctx, None)["value"]
-    assert outputs["changed_logit"].shape == (3,)
-    assert outputs["type_logits"].shape == (3, 1)

@@ -97,3 +97,25 @@ def test_triton_mode_without_a_server_is_unavailable() -> None:
     client = ModelClient.from_mode("triton", url="127.0.0.1:9")
     with pytest.raises(ServerUnavailableError, match="no Triton server answers"):
         client.model("affine")
+
+
+def test_outputs_come_back_in_the_shapes_the_repository_declares(url: str, tmp_path: Any) -> None:
+    """Triton returns a one-value-per-sample output as [batch, 1]; given the repository, the
+    client gives it back as [batch], as the shared and in-process modes do."""
+    folder = tmp_path / "affine"
+    folder.mkdir()
+    (folder / "config.toml").write_text(
+        'name = "affine"\nmax_batch_size = 8\n'
+        '[[inputs]]\nname = "x"\ndtype = "float32"\nshape = [-1, 1]\n'
+        '[[outputs]]\nname = "y"\ndtype = "float32"\nshape = [-1]\n'
+    )
+    x = np.arange(3, dtype=np.float32).reshape(3, 1)
+    plain = ModelClient.from_mode("triton", url=url)
+    declared = ModelClient.from_mode("triton", url=url, repository=tmp_path)
+    try:
+        assert plain.model("affine").infer({"x": x})["y"].shape == (3, 1)
+        y = declared.model("affine").infer({"x": x})["y"]
+        np.testing.assert_array_equal(y, x[:, 0] * 2 + 1)
+    finally:
+        plain.close()
+        declared.close()

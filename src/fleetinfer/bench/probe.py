@@ -7,12 +7,6 @@ is wrapped and each `infer` counted. The wrapped task's result is stored as
 
 Worker processes import this module by name, so the target comes from the environment
 (`FLEETINFER_BENCH_TARGET=module:task`), set by the benchmark runner before it starts a node.
-
-Triton adapter: an output the repository declares with one value per sample (shape [-1]) cannot
-be declared so in Triton (an output needs at least one dimension), so Triton returns it as
-[batch, 1]. In `triton` mode the runner lists such outputs in `FLEETINFER_BENCH_SCALAR_OUTPUTS`
-(`model/output,…`) and the handle gives them back as [batch], the shape the repository declares
-and the other modes return.
 """
 
 from __future__ import annotations
@@ -21,7 +15,6 @@ import dataclasses
 import functools
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,47 +26,21 @@ if TYPE_CHECKING:
     from fleetinfer.client import ModelHandle, Tensors
 
 TARGET_ENV = "FLEETINFER_BENCH_TARGET"
-SCALAR_OUTPUTS_ENV = "FLEETINFER_BENCH_SCALAR_OUTPUTS"
 PROBE_TARGET = "fleetinfer.bench.probe:app"
 
 
 class CountingHandle:
-    """A model handle that counts its `infer` calls into a shared one-element list (and gives
-    the outputs named in `flatten` back as one value per sample)."""
+    """A model handle that counts its `infer` calls into a shared one-element list."""
 
-    def __init__(
-        self, handle: ModelHandle, counter: list[int], flatten: frozenset[str] = frozenset()
-    ) -> None:
-        self._handle, self._counter, self._flatten = handle, counter, flatten
+    def __init__(self, handle: ModelHandle, counter: list[int]) -> None:
+        self._handle, self._counter = handle, counter
 
     def infer(self, inputs: Mapping[str, Any], *, version: int | None = None) -> Tensors:
         self._counter[0] += 1
-        outputs = self._handle.infer(inputs, version=version)
-        for name in self._flatten & outputs.keys():
-            if outputs[name].ndim == 2 and outputs[name].shape[1] == 1:
-                outputs[name] = outputs[name].reshape(-1)
-        return outputs
+        return self._handle.infer(inputs, version=version)
 
     def empty(self, shape: tuple[int, ...], dtype: Any = "float32") -> np.ndarray[Any, Any]:
         return self._handle.empty(shape, dtype)
-
-
-def scalar_outputs(models: Path) -> str:
-    """`model/output,…` for every output of the repository declared with shape [-1]."""
-    from fleetinfer.server.repository import ModelRepository
-
-    repository = ModelRepository(models)
-    return ",".join(
-        f"{name}/{spec.name}"
-        for name in repository.models()
-        for spec in repository.config(name).outputs
-        if len(spec.shape) == 1
-    )
-
-
-def _flattened(model: str) -> frozenset[str]:
-    listed = os.environ.get(SCALAR_OUTPUTS_ENV, "").split(",")
-    return frozenset(item.split("/", 1)[1] for item in listed if item.startswith(f"{model}/"))
 
 
 def counting(task: Task) -> Task:
@@ -84,7 +51,7 @@ def counting(task: Task) -> Task:
         models = ctx._models
 
         def model(name: str) -> ModelHandle:
-            return CountingHandle(models(name), counter, _flattened(name))
+            return CountingHandle(models(name), counter)
 
         value = task(dataclasses.replace(ctx, _models=model), payload)
         return {"value": value, "model_calls": counter[0]}

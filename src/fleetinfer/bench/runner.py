@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetinfer.bench.measure import PssSampler, tree_cpu_s
-from fleetinfer.bench.probe import PROBE_TARGET, SCALAR_OUTPUTS_ENV, TARGET_ENV, scalar_outputs
+from fleetinfer.bench.probe import PROBE_TARGET, TARGET_ENV
 from fleetinfer.bench.triton import TritonServer, TritonServerError, triton_unavailable
 from fleetinfer.errors import ConfigError, FleetinferError
 from fleetinfer.node.agent import NodeConfig, run_node
@@ -254,10 +254,8 @@ def run_on_node(
         worker_intra_op_threads=config.process_threads if mode == "isolated" else None,
         triton_url=triton_url,
     )
-    flatten = scalar_outputs(config.models) if mode == "triton" else ""
     with (
         _environment(TARGET_ENV, config.target),
-        _environment(SCALAR_OUTPUTS_ENV, flatten),
         PssSampler(config.sample_interval_s) as sampler,
     ):
         cpu_before, started_at = tree_cpu_s(), time.time()
