@@ -110,3 +110,22 @@ def test_a_tampered_artifact_is_refused(tmp_path: Path) -> None:
 def test_an_unknown_client_mode_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown model client mode"):
         ModelClient.from_mode("psychic", repository=tmp_path)
+
+
+def test_a_compiled_versions_session_config_is_applied_when_it_loads(tmp_path: Path) -> None:
+    """`fleetinfer compile` records ONNX Runtime session entries (ARM BF16 fast math, …) in the
+    version's manifest.json; the session is opened with them, in process and in the server."""
+    import json
+
+    from fleetinfer.server.session import OrtModel
+
+    root = affine_repository(tmp_path / "repo")
+    version = ModelRepository(root).resolve("affine", None)
+    entry = "session.intra_op.allow_spinning"
+    (version.path.parent / "manifest.json").write_text(json.dumps({"session_config": {entry: "0"}}))
+    model = OrtModel(version)
+    assert model.session_config == {entry: "0"}
+    assert model.session.get_session_options().get_session_config_entry(entry) == "0"
+    (version.path.parent / "manifest.json").write_text('{"session_config": {"k": 1}}')
+    with pytest.raises(ModelConfigError, match=r"manifest.json: field 'session_config'"):
+        OrtModel(version)

@@ -15,8 +15,8 @@ from pathlib import Path
 import msgspec
 
 from fleetinfer.errors import ModelConfigError
+from fleetinfer.server.session import MANIFEST_FILE
 
-MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 
 

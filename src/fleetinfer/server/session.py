@@ -5,13 +5,15 @@ Used in-process by the `inprocess` client (the isolated baseline) and by the sha
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from fleetinfer.errors import InferenceError, InvalidInputError
+from fleetinfer.errors import InferenceError, InvalidInputError, ModelConfigError
 from fleetinfer.server.repository import ModelConfig, ModelVersion, RuntimeConfig, verify_artifact
 
 _OPTIMIZATION = {
@@ -24,8 +26,39 @@ _OPTIMIZATION = {
 Tensors = dict[str, np.ndarray[Any, Any]]
 
 
-def session_options(runtime: RuntimeConfig, *, intra_op_threads: int | None = None) -> Any:
+MANIFEST_FILE = "manifest.json"  # written by `fleetinfer compile` beside a compiled version
+
+
+def compiled_session_config(artifact: Path) -> dict[str, str]:
+    """The ONNX Runtime session entries a compiled version must be loaded with (its manifest's
+    `session_config`, e.g. ARM BF16 fast math); {} for a version that was not compiled. Read
+    here, without the compile extra, as the runtime needs only this field."""
+    path = artifact.parent / MANIFEST_FILE
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text()).get("session_config", {})
+    except (ValueError, AttributeError) as exc:
+        raise ModelConfigError(f"{path}: not a valid compile manifest: {exc}") from exc
+    if not isinstance(entries, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in entries.items()
+    ):
+        raise ModelConfigError(
+            f"{path}: field 'session_config' must map ONNX Runtime config keys to strings, "
+            f"got {entries!r:.200}"
+        )
+    return entries
+
+
+def session_options(
+    runtime: RuntimeConfig,
+    *,
+    intra_op_threads: int | None = None,
+    config_entries: Mapping[str, str] | None = None,
+) -> Any:
     options = ort.SessionOptions()
+    for key, value in (config_entries or {}).items():
+        options.add_session_config_entry(key, value)
     options.intra_op_num_threads = (
         runtime.intra_op_threads if intra_op_threads is None else intra_op_threads
     )
@@ -95,9 +128,14 @@ class OrtModel:
         self.model = model
         self.config = model.config
         self.providers = usable_providers(model.config.runtime.execution_providers)
+        self.session_config = compiled_session_config(model.path)
         self.session = ort.InferenceSession(
             str(model.path),
-            sess_options=session_options(model.config.runtime, intra_op_threads=intra_op_threads),
+            sess_options=session_options(
+                model.config.runtime,
+                intra_op_threads=intra_op_threads,
+                config_entries=self.session_config,
+            ),
             providers=self.providers,
         )
         self.output_names = [spec.name for spec in model.config.outputs]
