@@ -171,3 +171,16 @@ def test_bad_input_and_configuration_exit_with_their_named_codes(
     )
     assert done.returncode == code, done.stderr
     assert message in " ".join(done.stderr.split())
+
+
+def test_with_preload_the_zygote_counts_in_the_node_and_workers_stay_workers(
+    tmp_path: Path,
+) -> None:
+    report = bench(tmp_path, "--tasks", "6", "--rounds", "1", "--modes", "shared", "--preload")
+    shared = report["modes"]["shared"]
+    assert report["bench"]["preload"] is True
+    assert shared["succeeded_per_round"] == [6]
+    roles = shared["pss_mib"]
+    assert roles["zygote"] > 0
+    assert {f"worker_{i}" for i in range(1, WORKERS + 1)} <= set(roles)
+    assert shared["node_pss_mib"] >= roles["zygote"] + roles["model_server"]

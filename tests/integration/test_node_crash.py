@@ -37,12 +37,24 @@ def queue_url(
 def test_random_worker_kills_lose_no_task_and_duplicate_no_result(
     queue_url: str, tmp_path: Path
 ) -> None:
+    crash_workers_through_a_job(queue_url, tmp_path)
+
+
+def test_killing_workers_forked_from_the_zygote_loses_no_task_either(tmp_path: Path) -> None:
+    """`--preload`: workers forked from one preloaded process; they crash and restart the same."""
+    crash_workers_through_a_job(
+        f"sqlite:///{tmp_path}/queue.db?{QUEUE_OPTIONS}", tmp_path, "--preload"
+    )
+
+
+def crash_workers_through_a_job(queue_url: str, tmp_path: Path, *options: str) -> None:
     results_url = f"sqlite:///{tmp_path}/results.db"
     with open_broker(queue_url) as broker, open_store(results_url) as store:
         task_ids = send_tasks(broker, "square", [{"x": i, "work_ms": 10} for i in range(TASKS)])
         node = NodeProcess(
             "tests.apps.jobs:app", queue_url, results_url, "--workers", "3", "--grace-s", "5",
             "--restart-backoff-s", "0.05", "--restart-backoff-max-s", "0.5",
+            *options,
             log_path=tmp_path / "node.log",
         )  # fmt: skip
         try:

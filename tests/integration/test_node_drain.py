@@ -29,13 +29,19 @@ def urls(tmp_path: Path) -> tuple[str, str]:
     )
 
 
+@pytest.fixture(params=["fresh", "preload"])
+def start(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """Workers started as fresh interpreters, or forked from the zygote (`--preload`)."""
+    return ("--preload",) if request.param == "preload" else ()
+
+
 def sigterm_with_two_in_flight(
-    broker: Broker, urls: tuple[str, str], tmp_path: Path, *, grace_s: float
+    broker: Broker, urls: tuple[str, str], tmp_path: Path, *, grace_s: float, start: tuple[str, ...]
 ) -> tuple[NodeProcess, float]:
     """Run a 2-worker node, SIGTERM it once two tasks are in flight; it must exit 0 within the
     grace period (plus slack). Returns the node and the seconds from SIGTERM to exit."""
     node = NodeProcess("tests.apps.jobs:app", *urls, "--workers", "2", "--grace-s", str(grace_s),
-                       log_path=tmp_path / "node.log")  # fmt: skip
+                       *start, log_path=tmp_path / "node.log")  # fmt: skip
     try:
         wait_for(lambda: broker.stats().in_flight == 2, 60, "two tasks in flight")
         sent_at = time.monotonic()
@@ -47,12 +53,12 @@ def sigterm_with_two_in_flight(
 
 
 def test_sigterm_lets_in_flight_tasks_finish_within_the_grace_period(
-    urls: tuple[str, str], tmp_path: Path
+    urls: tuple[str, str], tmp_path: Path, start: tuple[str, ...]
 ) -> None:
     queue_url, results_url = urls
     with open_broker(queue_url) as broker, open_store(results_url) as store:
         send_tasks(broker, "nap", [{"s": 1.5}] * 4)
-        node, took_s = sigterm_with_two_in_flight(broker, urls, tmp_path, grace_s=20)
+        node, took_s = sigterm_with_two_in_flight(broker, urls, tmp_path, grace_s=20, start=start)
         stats = broker.stats()
         finished = store.count(TaskStatus.SUCCEEDED)
         assert stats.in_flight == 0
@@ -63,12 +69,12 @@ def test_sigterm_lets_in_flight_tasks_finish_within_the_grace_period(
 
 
 def test_sigterm_releases_tasks_that_outlast_the_grace_period_at_once(
-    urls: tuple[str, str], tmp_path: Path
+    urls: tuple[str, str], tmp_path: Path, start: tuple[str, ...]
 ) -> None:
     queue_url, results_url = urls
     with open_broker(queue_url) as broker, open_store(results_url) as store:
         send_tasks(broker, "nap", [{"s": 60}] * 2)
-        node, took_s = sigterm_with_two_in_flight(broker, urls, tmp_path, grace_s=2)
+        node, took_s = sigterm_with_two_in_flight(broker, urls, tmp_path, grace_s=2, start=start)
         assert took_s < 2.0 + 1.0  # the grace period, plus the time to exit a process
         stats = broker.stats()
         assert (stats.visible, stats.in_flight) == (2, 0)

@@ -24,8 +24,16 @@ def _config(tmp_path: Path, target: str) -> WorkerConfig:
     )
 
 
-def test_a_worker_that_cannot_import_its_target_is_fatal_and_not_restarted(tmp_path: Path) -> None:
-    supervisor = Supervisor(_config(tmp_path, "no_such_module:app"))
+@pytest.fixture(params=[False, True], ids=["fresh", "preload"])
+def preload(request: pytest.FixtureRequest) -> bool:
+    """Workers as fresh interpreters, or forked from the zygote: the supervisor sees no difference."""
+    return bool(request.param)
+
+
+def test_a_worker_that_cannot_import_its_target_is_fatal_and_not_restarted(
+    tmp_path: Path, preload: bool
+) -> None:
+    supervisor = Supervisor(_config(tmp_path, "no_such_module:app"), preload=preload)
     supervisor.scale_to(1)
     try:
         with pytest.raises(ConfigError, match="cannot import module 'no_such_module'"):
@@ -35,12 +43,13 @@ def test_a_worker_that_cannot_import_its_target_is_fatal_and_not_restarted(tmp_p
         supervisor.stop(grace_s=5)
 
 
-def test_a_killed_worker_is_restarted_after_its_backoff(tmp_path: Path) -> None:
+def test_a_killed_worker_is_restarted_after_its_backoff(tmp_path: Path, preload: bool) -> None:
     events: list[tuple[int, str]] = []
     supervisor = Supervisor(
         _config(tmp_path, "tests.apps.jobs:app"),
         on_event=lambda slot, event: events.append((slot, event["event"])),
         policy=RestartPolicy(base_s=0.2, max_s=1.0),
+        preload=preload,
     )
     supervisor.scale_to(2)
     try:
@@ -56,3 +65,31 @@ def test_a_killed_worker_is_restarted_after_its_backoff(tmp_path: Path) -> None:
     finally:
         supervisor.stop(grace_s=5)
     assert supervisor.alive() == 0
+
+
+def test_forked_workers_share_the_zygotes_pages_and_it_goes_with_them(tmp_path: Path) -> None:
+    supervisor = Supervisor(_config(tmp_path, "tests.apps.jobs:app"), preload=True)
+    supervisor.scale_to(2)
+    try:
+        supervisor.first_pid(timeout_s=30)
+        wait_for(lambda: supervisor.alive() == 2, 30, "two workers")
+        zygote = supervisor.zygote_pid
+        assert zygote is not None
+        for pid in supervisor.pids():
+            assert _parent(pid) == zygote
+            # the heap the zygote filled importing numpy and the runtime, shared copy-on-write
+            # (a fresh interpreter shares libraries' file pages, but no dirty anonymous ones)
+            assert _shared_dirty_kib(pid) > 4 * 1024
+    finally:
+        supervisor.stop(grace_s=5)
+    assert supervisor.alive() == 0
+    wait_for(lambda: not Path(f"/proc/{zygote}").exists(), 10, "the zygote to exit")
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _shared_dirty_kib(pid: int) -> int:
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    return sum(int(line.split()[1]) for line in rollup if line.startswith("Shared_Dirty"))

@@ -31,6 +31,21 @@ _ROLES = (
     (b"serve", "model_server"),
 )
 _NUMBERED_ROLES = ("worker", "task_process")
+ZYGOTE = b"fleetinfer.node.zygote"
+
+
+def _cmdline(pid: int) -> list[bytes] | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+
+
+def _parent_pid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def child_pids(pid: int) -> list[int]:
@@ -47,14 +62,16 @@ def child_pids(pid: int) -> list[int]:
 
 
 def process_role(pid: int) -> str:
-    """`agent`, `model_server`, `worker`, `triton`, `task_process` or `other`, from the command
-    line of the process."""
+    """`agent`, `model_server`, `worker`, `zygote`, `triton`, `task_process` or `other`, from the
+    command line of the process (a worker forked by the zygote shows the zygote's)."""
     if pid == os.getpid():
         return "agent"
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+    argv = _cmdline(pid)
+    if argv is None:
         return "other"
+    if any(ZYGOTE in arg for arg in argv):
+        parent = _cmdline(_parent_pid(pid)) or []
+        return "worker" if any(ZYGOTE in arg for arg in parent) else "zygote"
     for fragment, role in _ROLES:
         if any(fragment in arg for arg in argv):
             return role

@@ -316,6 +316,7 @@ def _settings(run: BenchRun, payloads_file: str) -> dict[str, Any]:
         "tasks": len(config.payloads),
         "rounds": config.rounds,
         "workers": config.workers,
+        "preload": config.preload,
         "thread_budget": config.thread_budget,
         "threads": {
             "isolated-per-task": f"{config.process_threads} intra-op per process",

@@ -63,6 +63,7 @@ class BenchConfig:
     threads: int = 0  # 0: the usable cores
     pytriton_python: Path | None = None
     server_instances: int = 0  # 0: one per thread of the budget
+    preload: bool = False  # node modes: workers forked from a preloaded zygote (`run --preload`)
     calibration_tasks: int = 5
     sample_interval_s: float = 0.25
 
@@ -253,6 +254,7 @@ def run_on_node(
         server_instance_count=config.server_executions if mode == "shared" else None,
         worker_intra_op_threads=config.process_threads if mode == "isolated" else None,
         triton_url=triton_url,
+        preload_workers=config.preload,
     )
     with (
         _environment(TARGET_ENV, config.target),

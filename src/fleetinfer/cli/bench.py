@@ -67,6 +67,14 @@ def bench(
             "threads ÷ instances intra-op threads (0: one single-threaded execution per thread).",
         ),
     ] = 0,
+    preload: Annotated[
+        bool,
+        typer.Option(
+            "--preload",
+            help="Node modes: fork workers from one process that imported the task once "
+            "(as `fleetinfer run --preload`).",
+        ),
+    ] = False,
     calibration_tasks: Annotated[
         int, typer.Option("--calibration-tasks", min=1, help="Warm tasks measured for the limit.")
     ] = 5,
@@ -94,6 +102,7 @@ def bench(
             threads=threads,
             pytriton_python=pytriton_python,
             server_instances=server_instances,
+            preload=preload,
             calibration_tasks=calibration_tasks,
         )
         with stderr.status("benchmarking") as status:

@@ -73,6 +73,13 @@ def run(
         float,
         typer.Option("--restart-backoff-max-s", help="Cap of the doubling restart delay."),
     ] = 30.0,
+    preload: Annotated[
+        bool,
+        typer.Option(
+            "--preload",
+            help="Fork workers from one process that imported the task once (less memory each).",
+        ),
+    ] = False,
     json_output: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every task.")] = False,
 ) -> None:
@@ -95,6 +102,7 @@ def run(
             max_message_bytes=max_message_bytes,
             restart=RestartPolicy(base_s=restart_backoff_s, max_s=restart_backoff_max_s),
             verbose=verbose,
+            preload_workers=preload,
         )
         report = run_node(config, on_ready=_ready_printer(json_output))
         _print_report(report, json_output)

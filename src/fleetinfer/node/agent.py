@@ -72,6 +72,7 @@ class NodeConfig:
     poll_interval_s: float = 0.2
     verbose: bool = False
     server_intra_op_threads: int | None = None
+    preload_workers: bool = False  # fork workers from a zygote that imported the task once
     server_instance_count: int | None = None
     worker_intra_op_threads: int | None = None
     triton_url: str | None = None
@@ -169,6 +170,7 @@ class NodeAgent:
             on_restart=lambda _slot: self.metrics.restarts.inc(),
             policy=config.restart,
             verbose=config.verbose,
+            preload=config.preload_workers,
         )
         self._health: HealthServer | None = None
         self._spot: SpotWatcher | None = None

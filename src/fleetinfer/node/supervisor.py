@@ -2,7 +2,9 @@
 
 Each worker is a fresh interpreter (`python -m fleetinfer.node.process`), so it inherits no open
 broker connection, socket or lock from the agent; its only inherited descriptor is the write end
-of a pipe on which it reports JSON-line events, read here by one thread per worker.
+of a pipe on which it reports JSON-line events, read here by one thread per worker. With
+`preload`, workers are forked instead from a zygote process that imported the worker runtime and
+the task's module once (`zygote.py`): the same worker, sharing those pages with its siblings.
 
 A worker that dies while the node is not draining is started again after a delay that doubles
 with each quick death (base, 2×base … max), and resets once a worker has lived `stable_s`. A
@@ -27,6 +29,7 @@ from fleetinfer.errors import ConfigError
 from fleetinfer.node.events import read_events
 from fleetinfer.node.process import EXIT_CONFIG
 from fleetinfer.node.worker import WorkerConfig
+from fleetinfer.node.zygote import ForkedWorker, Zygote
 
 log = logging.getLogger("fleetinfer.node")
 
@@ -53,12 +56,15 @@ class RestartPolicy:
         return float(min(self.max_s, self.base_s * 2.0 ** min(max(failures - 1, 0), 30)))
 
 
+WorkerProcess = subprocess.Popen[bytes] | ForkedWorker
+
+
 @dataclass(slots=True)
 class _Slot:
     """Bookkeeping for one worker position (its process changes across restarts)."""
 
     index: int
-    process: subprocess.Popen[bytes] | None = None
+    process: WorkerProcess | None = None
     started_at: float = 0.0
     failures: int = 0
     restart_at: float | None = None
@@ -78,8 +84,11 @@ class Supervisor:
         on_restart: Callable[[int], None] | None = None,
         policy: RestartPolicy | None = None,
         verbose: bool = False,
+        preload: bool = False,
     ) -> None:
         self.config = config
+        self.preload = preload
+        self._zygote: Zygote | None = None
         self.policy = policy or RestartPolicy()
         self._on_event = on_event
         self._on_restart = on_restart
@@ -104,12 +113,18 @@ class Supervisor:
     def _start(self, slot: _Slot) -> None:
         read_fd, write_fd = os.pipe()
         try:
-            slot.process = subprocess.Popen(
-                self._command(write_fd),
-                pass_fds=(write_fd,),
-                stdout=_worker_stdout(),
-                env=worker_environment(self.env),
-            )
+            if self.preload:
+                slot.process = self._zygote_process().spawn(write_fd)
+            else:
+                slot.process = subprocess.Popen(
+                    self._command(write_fd),
+                    pass_fds=(write_fd,),
+                    stdout=_worker_stdout(),
+                    env=worker_environment(self.env),
+                )
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
         slot.started_at = time.monotonic()
@@ -122,6 +137,19 @@ class Supervisor:
             daemon=True,
         )
         slot.reader.start()
+
+    def _zygote_process(self) -> Zygote:
+        if self._zygote is None:
+            env = worker_environment(self.env)
+            self._zygote = Zygote(
+                self.config.encode(), env, _worker_stdout(), verbose=self._verbose
+            )
+        return self._zygote
+
+    @property
+    def zygote_pid(self) -> int | None:
+        """The zygote's pid when workers are forked from one (its memory is the node's too)."""
+        return None if self._zygote is None else self._zygote.pid
 
     def _command(self, events_fd: int) -> list[str]:
         command = [sys.executable, "-m", "fleetinfer.node.process"]
@@ -156,7 +184,8 @@ class Supervisor:
 
     def _reap(self, slot: _Slot, now: float) -> None:
         assert slot.process is not None
-        code = slot.process.returncode
+        code = slot.process.poll()
+        assert code is not None  # reaped only once it has ended
         pid = slot.process.pid
         slot.process = None
         if slot.reader is not None:
@@ -215,6 +244,8 @@ class Supervisor:
                 process.kill()
                 process.wait()
         self._join_readers()
+        if self._zygote is not None:
+            self._zygote.close()
 
     def _join_readers(self) -> None:
         for slot in self._slots:
@@ -244,13 +275,13 @@ def worker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _signal(process: subprocess.Popen[bytes], signum: int) -> None:
+def _signal(process: WorkerProcess, signum: int) -> None:
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signum)
 
 
-def _wait_until(process: subprocess.Popen[bytes], deadline: float) -> None:
+def _wait_until(process: WorkerProcess, deadline: float) -> None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=max(0.0, deadline - time.monotonic()))
 

@@ -1,0 +1,305 @@
+"""Workers forked from one preloaded template process, so that they share what it imported.
+
+    python -m fleetinfer.node.zygote --config JSON --control-fd FD [--verbose]
+
+A fresh worker interpreter costs about 20 MiB of PSS (Python, numpy, the model client) before it
+runs a task, and eight of them cost eight times that. The zygote imports the worker runtime, the
+model client, numpy and the task's module once, moves those objects out of the garbage
+collector's reach (`gc.freeze`, so that collections do not write to their pages), and forks one
+worker per request: the workers share those pages copy-on-write. Each worker then runs exactly
+what `python -m fleetinfer.node.process` runs.
+
+The supervisor and the zygote talk over a SOCK_SEQPACKET socket pair, one message per datagram:
+
+    supervisor -> zygote   b"spawn", with the write end of the worker's event pipe (SCM_RIGHTS)
+    zygote -> supervisor   {"pid": N}                 the worker forked for that request
+    zygote -> supervisor   {"exited": N, "code": C}   a worker ended (C as Popen: -signal if killed)
+
+The zygote is single-threaded (so forking it is safe), exits when the supervisor closes its end,
+and dies with the agent; its workers drain when it dies (`process._die_with_parent`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import contextlib
+import gc
+import json
+import logging
+import os
+import queue
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from typing import NoReturn
+
+from fleetinfer.errors import TransientError
+
+log = logging.getLogger("fleetinfer.node")
+
+SPAWN = b"spawn"
+SPAWN_TIMEOUT_S = 30.0
+
+
+# -- the zygote process ---------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    control = socket.socket(fileno=args.control_fd)
+    from fleetinfer.node import process
+
+    process._die_with_parent()
+    _preload(args.config)
+    gc.freeze()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the selector
+    selector = selectors.DefaultSelector()
+    selector.register(control, selectors.EVENT_READ)
+    selector.register(wake_r, selectors.EVENT_READ)
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is control:
+                events_fd = _receive_spawn(control)
+                if events_fd is None:
+                    return 0  # the supervisor closed its end: no more workers to make
+                pid = os.fork()
+                if pid == 0:
+                    _run_worker(args, events_fd, (control.fileno(), wake_r, wake_w))
+                os.close(events_fd)
+                control.send(json.dumps({"pid": pid}).encode())
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+        _reap(control)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fleetinfer.node.zygote")
+    parser.add_argument("--config", required=True, help="WorkerConfig as JSON")
+    parser.add_argument("--control-fd", type=int, required=True, help="SOCK_SEQPACKET socket")
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def _preload(config_json: str) -> None:
+    """Import what every worker imports. The task's module too; if it fails to import, each
+    worker meets the same error and reports it, as a freshly started worker would."""
+    import numpy  # noqa: F401
+
+    import fleetinfer.client
+    import fleetinfer.node.worker  # noqa: F401
+    from fleetinfer.node.worker import WorkerConfig
+    from fleetinfer.task import resolve_target
+
+    config = WorkerConfig.decode(config_json)
+    if config.client_mode == "inprocess":
+        import onnxruntime  # noqa: F401
+    try:
+        resolve_target(config.target)
+    except Exception as exc:  # reported by each worker, with the exit code that stops the node
+        log.debug("zygote: the task's module did not import: %s", exc)
+
+
+def _receive_spawn(control: socket.socket) -> int | None:
+    """The event fd of a spawn request, or None when the supervisor has gone."""
+    try:
+        message, ancillary, _flags, _addr = control.recvmsg(64, socket.CMSG_SPACE(4))
+    except ConnectionError:
+        return None
+    if message != SPAWN:
+        return None
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return fds[0] if fds else None
+
+
+def _run_worker(args: argparse.Namespace, events_fd: int, inherited: Sequence[int]) -> NoReturn:
+    """In the forked child: become a worker, exactly as `python -m fleetinfer.node.process`."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in inherited:
+            os.close(fd)
+        from fleetinfer.node import process
+
+        argv = ["--config", args.config, "--events-fd", str(events_fd)]
+        code = process.main([*argv, "--verbose"] if args.verbose else argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _reap(control: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        with contextlib.suppress(OSError):
+            control.send(json.dumps({"exited": pid, "code": code}).encode())
+
+
+# -- the supervisor's end --------------------------------------------------------------------
+
+
+class ForkedWorker:
+    """A worker forked by the zygote, with the part of `subprocess.Popen` the supervisor uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._done = threading.Event()
+
+    def exited(self, code: int) -> None:
+        self.returncode = code
+        self._done.set()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._done.wait(timeout):
+            raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.send_signal(signal.SIGKILL)
+
+
+class Zygote:
+    """Starts the zygote process, asks it for workers and learns how they end."""
+
+    def __init__(
+        self, config_json: str, env: dict[str, str], stdout: int | None, *, verbose: bool
+    ) -> None:
+        self._command = [sys.executable, "-m", "fleetinfer.node.zygote", "--config", config_json]
+        self._command += ["--verbose"] if verbose else []
+        self._env, self._stdout = env, stdout
+        self._lock = threading.Lock()  # one spawn at a time: its reply is the next pid message
+        self._state = threading.Lock()
+        self._children: dict[int, ForkedWorker] = {}
+        self._early: dict[int, int] = {}  # exits reported before the spawn call registered them
+        self._process: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._pids: queue.Queue[int | None] = queue.Queue()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def spawn(self, events_fd: int) -> ForkedWorker:
+        """A new worker writing its events to `events_fd` (the caller closes its copy)."""
+        with self._lock:
+            if self._process is None or self._process.poll() is not None:
+                self._start()
+            assert self._sock is not None
+            fds = array.array("i", [events_fd])
+            try:
+                self._sock.sendmsg([SPAWN], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                pid = self._pids.get(timeout=SPAWN_TIMEOUT_S)
+            except (OSError, queue.Empty) as exc:
+                raise TransientError(f"the worker zygote did not fork a worker: {exc}") from exc
+            if pid is None:
+                raise TransientError("the worker zygote exited; it restarts on the next spawn")
+            worker = ForkedWorker(pid)
+            with self._state:
+                self._children[pid] = worker
+                early = self._early.pop(pid, None)
+            if early is not None:
+                worker.exited(early)
+            return worker
+
+    def close(self) -> None:
+        """Close our end (the zygote exits) and wait for it."""
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+            if self._process is not None:
+                try:
+                    self._process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            command = [*self._command, "--control-fd", str(theirs.fileno())]
+            self._process = subprocess.Popen(
+                command, pass_fds=(theirs.fileno(),), stdout=self._stdout, env=self._env
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock, self._pids = ours, queue.Queue()
+        threading.Thread(
+            target=self._read, args=(ours, self._pids), name="fleetinfer-zygote", daemon=True
+        ).start()
+
+    def _read(self, sock: socket.socket, pids: queue.Queue[int | None]) -> None:
+        while True:
+            try:
+                data = sock.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            message = json.loads(data)
+            if "pid" in message:
+                pids.put(int(message["pid"]))
+            else:
+                self._exited(int(message["exited"]), int(message["code"]))
+        pids.put(None)
+        self._orphaned()
+
+    def _exited(self, pid: int, code: int) -> None:
+        with self._state:
+            worker = self._children.pop(pid, None)
+            if worker is None:
+                self._early[pid] = code
+        if worker is not None:
+            worker.exited(code)
+
+    def _orphaned(self) -> None:
+        """The zygote is gone: its workers got SIGTERM (they drain), but no exit code can reach
+        us any more. Stop them now and report them killed, so that the supervisor moves on."""
+        with self._state:
+            orphans = list(self._children.values())
+            self._children.clear()
+        for worker in orphans:
+            worker.kill()
+            worker.exited(-signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
