@@ -241,6 +241,8 @@ class Zygote:
         """Close our end (the zygote exits) and wait for it."""
         with self._lock:
             if self._sock is not None:
+                with contextlib.suppress(OSError):  # wakes our reader; the zygote reads EOF
+                    self._sock.shutdown(socket.SHUT_RDWR)
                 self._sock.close()
             if self._process is not None:
                 try:
