@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from roadchange.errors import RoadchangeError
-from roadchange.raster import CHANNELS, rasterize_windows, window_stations
+from roadchange.raster import CHANNELS, Allocate, rasterize_windows, window_stations
 from roadchange.segfile import read_segment
 from roadchange.world import CHANGE_TYPES, Segment
 
@@ -339,11 +339,14 @@ class PreparedSegment:
     missing_paint_px: Array
 
 
-def prepare_segment(source: Path | str | Segment) -> PreparedSegment:
-    """CPU stage: load the segment and rasterize its overlapping road-aligned windows."""
+def prepare_segment(
+    source: Path | str | Segment, *, allocate: Allocate | None = None
+) -> PreparedSegment:
+    """CPU stage: load the segment and rasterize its overlapping road-aligned windows (into
+    `allocate(shape, dtype)` when given: see `rasterize_windows`)."""
     segment = load_segment(source)
     stations = window_stations(segment.length_m)
-    rasters = rasterize_windows(segment, stations)
+    rasters = rasterize_windows(segment, stations, allocate=allocate)
     return PreparedSegment(segment, stations, rasters, missing_paint_px(rasters))
 
 
@@ -375,5 +378,8 @@ def check_segment(
     rule: AggregationRule = DEFAULT_RULE,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> SegmentDecision:
-    """Decide whether one segment's map is still right, from its drives (see the module doc)."""
-    return decide(prepare_segment(source), model, rule=rule, max_batch=max_batch)
+    """Decide whether one segment's map is still right, from its drives (see the module doc).
+    With a fleetinfer model handle, the windows are drawn straight into its `empty()` arrays,
+    so that in `shared` mode the model server reads them where they lie."""
+    prepared = prepare_segment(source, allocate=getattr(model, "empty", None))
+    return decide(prepared, model, rule=rule, max_batch=max_batch)

@@ -37,7 +37,9 @@ grouped in blocks of consecutive points whose bounding boxes are tested against 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -83,6 +85,7 @@ _BLOCK = 32
 _PIXELS = WINDOW_PX * WINDOW_PX
 
 Float32Array = npt.NDArray[np.float32]
+Allocate = Callable[[tuple[int, ...], Any], Float32Array]  # (shape, dtype) -> array to fill
 
 
 def window_stations(length_m: float, *, stride_m: float = 16.0) -> FloatArray:
@@ -123,16 +126,23 @@ class _Samples:
     channel: IntArray
 
 
-def rasterize_windows(segment: Segment, stations: npt.ArrayLike) -> Float32Array:
+def rasterize_windows(
+    segment: Segment, stations: npt.ArrayLike, *, allocate: Allocate | None = None
+) -> Float32Array:
     """Rasterize windows centred at `stations`: (N, N_CHANNELS, WINDOW_PX, WINDOW_PX) float32.
 
     Reads the current map and the drives only (never the label or the true road). Drives are
-    first aligned to the map (`align_drives`).
+    first aligned to the map (`align_drives`). `allocate(shape, dtype)` gives the array to draw
+    into (a model handle's `empty`: shared memory the model server reads in place); default a
+    fresh array.
     """
     segment = align_drives(segment)
     frames = _frames(reference_path(segment), _as_stations(stations))
     n_drives = max(len(segment.drives), 1)
-    out = np.zeros((len(frames), N_CHANNELS, WINDOW_PX, WINDOW_PX), np.float32)
+    shape = (len(frames), N_CHANNELS, WINDOW_PX, WINDOW_PX)
+    out = np.zeros(shape, np.float32) if allocate is None else allocate(shape, np.float32)
+    if allocate is not None:
+        out[...] = 0.0
     _scatter(_all_samples(segment), frames, out)
     np.minimum(out[:, :4], 1.0, out=out[:, :4])
     drive_part = out[:, 4:_COVERAGE_CHANNEL]

@@ -387,3 +387,29 @@ def test_a_server_bug_while_answering_is_reported_and_the_server_carries_on(
         handle.infer({"x": x})
     monkeypatch.undo()
     assert handle.infer({"x": x})["y"][0, 0] == 4.0
+
+
+def test_a_request_above_the_preferred_batch_runs_in_slices_with_the_same_outputs(
+    short_dir: Path, repo: Path
+) -> None:
+    text = (repo / "affine" / "config.toml").read_text()
+    (repo / "affine" / "config.toml").write_text(
+        text + "\n[batching]\npreferred_batch_sizes = [2]\n"
+    )
+    server = start_server(repo, short_dir / "chunks.sock")
+    client = SharedModelClient(server.config.socket_path)
+    model = server.registry.resolve("affine").model
+    run, batches = model.run, []
+
+    def counted(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batches.append(inputs["x"].shape[0])
+        return run(inputs)
+
+    model.run = counted  # type: ignore[method-assign]
+    try:
+        x = np.arange(20, dtype=np.float32).reshape(5, 4)
+        np.testing.assert_array_equal(client.model("affine").infer({"x": x})["y"], x * 3 + 1)
+        assert batches == [2, 2, 1]  # ONNX Runtime never saw more than the preferred size
+    finally:
+        client.close()
+        server.stop()

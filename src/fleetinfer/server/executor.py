@@ -7,7 +7,8 @@ takes whatever is queued and compatible (same non-batch shapes), up to the large
 already there and never waits for more (`max_queue_delay_us = 0`, the measured best on CPU); a
 positive delay makes it wait that long for a fuller batch. On CPU a merged batch runs no faster
 per sample than its parts, while the memory ONNX Runtime keeps for activations grows with the
-largest batch it has run: a preferred size caps that memory for models called with big batches. Outputs are written straight into each client's region and each client gets
+largest batch it has run: a preferred size caps that memory, and a single request above it runs
+as slices of that size. Outputs are written straight into each client's region and each client gets
 its own reply. A failed merged batch is retried request by request, so one bad request cannot
 fail its neighbours.
 """
@@ -194,9 +195,10 @@ class ModelExecutor:
         """Run `batch` as one model execution and answer each request."""
         start_ns = time.perf_counter_ns()
         try:
-            if len(batch) == 1 and self._try_direct(batch[0], start_ns):
+            small = len(batch) == 1 and batch[0].batch <= self.merge_limit
+            if small and self._try_direct(batch[0], start_ns):
                 return
-            outputs = self.model.run(_merged_inputs(batch))
+            outputs = self._run_in_chunks(_merged_inputs(batch))
         except FleetinferError as exc:
             self._fail(batch, exc)
             return
@@ -214,6 +216,18 @@ class ModelExecutor:
             )
             row += p.batch
             self._answer(p, part)
+
+    def _run_in_chunks(self, inputs: Tensors) -> Tensors:
+        """One run, or, for a request above the merge limit, one run per slice of at most that
+        many samples: the activation memory ONNX Runtime keeps stays that of the limit."""
+        total = next(iter(inputs.values())).shape[0] if self.batchable else 0
+        if total <= self.merge_limit:
+            return self.model.run(inputs)
+        parts = [
+            self.model.run({n: a[i : i + self.merge_limit] for n, a in inputs.items()})
+            for i in range(0, total, self.merge_limit)
+        ]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def _fail(self, batch: list[Pending], exc: FleetinferError) -> None:
         if len(batch) > 1:
