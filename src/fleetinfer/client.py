@@ -132,8 +132,10 @@ class InProcessModelClient(ModelClient):
             self._by_request.clear()
 
 
-class _SharedHandle:
-    def __init__(self, client: SharedModelClient, name: str) -> None:
+class _RemoteHandle:
+    """A model served by another process (`shared` or `triton`): calls go through its client."""
+
+    def __init__(self, client: SharedModelClient | TritonModelClient, name: str) -> None:
         self._client, self._name = client, name
 
     def infer(self, inputs: Mapping[str, Any], *, version: int | None = None) -> Tensors:
@@ -172,7 +174,7 @@ class SharedModelClient(ModelClient):
 
     def model(self, name: str) -> ModelHandle:
         self._call(lambda channel: channel.model_info(name))  # unknown names fail here
-        return _SharedHandle(self, name)
+        return _RemoteHandle(self, name)
 
     def infer(
         self, model: str, inputs: Mapping[str, Any], *, version: int | None = None
@@ -249,17 +251,6 @@ class SharedModelClient(ModelClient):
                 time.sleep(0.05)
 
 
-class _TritonHandle:
-    def __init__(self, client: TritonModelClient, name: str) -> None:
-        self._client, self._name = client, name
-
-    def infer(self, inputs: Mapping[str, Any], *, version: int | None = None) -> Tensors:
-        return self._client.infer(self._name, inputs, version=version)
-
-    def empty(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray[Any, Any]:
-        return self._client.empty(shape, dtype)
-
-
 class TritonModelClient(ModelClient):
     """A Triton (or any KServe v2) server over HTTP; one persistent connection per thread.
 
@@ -285,7 +276,7 @@ class TritonModelClient(ModelClient):
                 f"Triton at {self.url} has no ready model {name!r} (HTTP {status}): "
                 "check the model name and the server's model repository"
             )
-        return _TritonHandle(self, name)
+        return _RemoteHandle(self, name)
 
     def infer(
         self, model: str, inputs: Mapping[str, Any], *, version: int | None = None
