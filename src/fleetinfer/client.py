@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy as np
 
 from fleetinfer.errors import ConfigError, ServerUnavailableError, UnknownModelError
-from fleetinfer.server.channel import Channel, ChannelBrokenError
+from fleetinfer.server.channel import REPLY_SPIN_US, Channel, ChannelBrokenError
 from fleetinfer.server.protocol import default_socket_path
 from fleetinfer.server.repository import ModelRepository
 
@@ -155,6 +155,9 @@ class SharedModelClient(ModelClient):
     the allocator reuses the lowest offsets first, so a large start costs nothing while it saves
     the regrowth (and the copying out of outputs) that a region too small for a model's inputs,
     outputs and the arrays the caller keeps would need.
+
+    After sending a request the caller polls for the reply for up to `spin_us` before it blocks
+    (0: block at once), which saves the wake-up of a blocked process (`fleetinfer.server.spin`).
     """
 
     def __init__(
@@ -164,10 +167,12 @@ class SharedModelClient(ModelClient):
         connect_timeout_s: float = 5.0,
         region_bytes: int = 16 << 20,
         max_region_bytes: int = 4 << 30,
+        spin_us: float = REPLY_SPIN_US,
     ) -> None:
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
         self.connect_timeout_s = connect_timeout_s
         self.region_bytes, self.max_region_bytes = region_bytes, max_region_bytes
+        self.spin_us = spin_us
         self._local = threading.local()
         self._channels: list[Channel] = []
         self._lock = threading.Lock()
@@ -240,6 +245,7 @@ class SharedModelClient(ModelClient):
                     self.socket_path,
                     region_bytes=self.region_bytes,
                     max_region_bytes=self.max_region_bytes,
+                    spin_us=self.spin_us,
                 )
             except (OSError, ChannelBrokenError) as exc:
                 if time.monotonic() >= deadline:

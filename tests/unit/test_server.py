@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,7 +52,7 @@ def repo(short_dir: Path) -> Path:
     return root
 
 
-def start_server(repo: Path, socket_path: Path, **options: int) -> ModelServer:
+def start_server(repo: Path, socket_path: Path, **options: Any) -> ModelServer:
     config = ServerConfig(models=repo, socket_path=socket_path, intra_op_threads=1, **options)
     return ModelServer(config).start()
 
@@ -410,6 +411,34 @@ def test_a_request_above_the_preferred_batch_runs_in_slices_with_the_same_output
         x = np.arange(20, dtype=np.float32).reshape(5, 4)
         np.testing.assert_array_equal(client.model("affine").infer({"x": x})["y"], x * 3 + 1)
         assert batches == [2, 2, 1]  # ONNX Runtime never saw more than the preferred size
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_every_request_is_counted_out_once_answered_so_spinning_resumes(
+    server: ModelServer, client: SharedModelClient
+) -> None:
+    handle = client.model("affine")
+    for _ in range(20):
+        handle.infer({"x": np.ones((1, 4), np.float32)})
+        with pytest.raises(InvalidInputError):
+            handle.infer({"x": np.ones((1, 5), np.float32)})
+        with pytest.raises(UnknownModelError):
+            client.model("nope")
+    with pytest.raises(InferenceError):
+        client.model("fragile").infer({"x": np.ones((2, 3), np.float32)})
+    assert server.in_flight == 0
+    assert not server.others_need_the_gil()
+
+
+def test_requests_are_answered_with_spinning_off_on_both_ends(repo: Path, short_dir: Path) -> None:
+    server = start_server(repo, short_dir / "b.sock", spin_us=0)
+    client = SharedModelClient(server.config.socket_path, spin_us=0)
+    try:
+        x = {"x": np.ones((3, 4), np.float32)}
+        expected = ModelClient.from_mode("inprocess", repository=repo).model("affine").infer(x)
+        np.testing.assert_array_equal(client.model("affine").infer(x)["y"], expected["y"])
     finally:
         client.close()
         server.stop()

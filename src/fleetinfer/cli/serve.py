@@ -35,6 +35,7 @@ def serve(
     instance_count: int | None = None,
     max_request_bytes: int = 1 << 30,
     max_region_bytes: int = 4 << 30,
+    spin_us: float = 200.0,
 ) -> int:
     """Serve `models` on `socket_path` (default: `default_socket_path()`) until a signal."""
     config = ServerConfig(
@@ -45,6 +46,7 @@ def serve(
         instance_count=instance_count,
         max_request_bytes=max_request_bytes,
         max_region_bytes=max_region_bytes,
+        spin_us=spin_us,
     )
     try:
         server = ModelServer(config)
@@ -105,6 +107,13 @@ def serve_command(
     max_request_mb: Annotated[
         int, typer.Option("--max-request-mb", help="Largest request (all inputs), in MiB.")
     ] = 1024,
+    spin_us: Annotated[
+        float,
+        typer.Option(
+            "--spin-us",
+            help="Poll for a client's next request this long before blocking (µs); 0 = never.",
+        ),
+    ] = 200.0,
 ) -> None:
     """Serve the repository's models to local workers (Unix socket + shared memory)."""
     logging.basicConfig(
@@ -117,6 +126,7 @@ def serve_command(
         intra_op_threads=intra_op_threads,
         instance_count=instances,
         max_request_bytes=max_request_mb << 20,
+        spin_us=spin_us,
     )
     raise typer.Exit(code)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import select
 import socket
 import threading
 import weakref
@@ -45,12 +46,14 @@ from fleetinfer.server.protocol import (
 )
 from fleetinfer.server.repository import DTYPES
 from fleetinfer.server.shm import SharedRegion, unlink_segment
+from fleetinfer.server.spin import Spinner
 
 Tensors = dict[str, np.ndarray[Any, Any]]
 R = TypeVar("R", bound=msgspec.Struct)
 _SUPPORTED_KINDS = "biuf"
 _GROWTH_STEP_BYTES = 1 << 20
 COPY_OUT_MAX_BYTES = 64 * 1024  # smaller outputs are copied out: cheaper than leasing the bytes
+REPLY_SPIN_US = 250  # how long a caller polls for the reply before it blocks (`spin.py`)
 _DTYPE_NAMES = {np.dtype(t): name for name, t in DTYPES.items()}
 
 
@@ -116,15 +119,32 @@ class Arena:
 class Channel:
     """A connected socket plus an attached region; used by one thread at a time."""
 
-    def __init__(self, sock: socket.socket, region: SharedRegion, max_region_bytes: int) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        region: SharedRegion,
+        max_region_bytes: int,
+        *,
+        spin_us: float = REPLY_SPIN_US,
+    ) -> None:
         self.sock, self.region, self.max_region_bytes = sock, region, max_region_bytes
         self.pid = os.getpid()
+        self.spinner = Spinner(spin_us)
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
         self.arena = Arena(region.size_bytes)
         self._ids = itertools.count(1)
         self._finalizer = weakref.finalize(self, _unlink_if_owner, region.name, self.pid)
 
     @classmethod
-    def connect(cls, socket_path: Path, *, region_bytes: int, max_region_bytes: int) -> Channel:
+    def connect(
+        cls,
+        socket_path: Path,
+        *,
+        region_bytes: int,
+        max_region_bytes: int,
+        spin_us: float = REPLY_SPIN_US,
+    ) -> Channel:
         """Connect and attach a fresh region; `OSError` if nobody listens."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -133,7 +153,7 @@ class Channel:
         except BaseException:
             sock.close()
             raise
-        channel = cls(sock, region, max_region_bytes)
+        channel = cls(sock, region, max_region_bytes, spin_us=spin_us)
         try:
             channel.call(Kind.ATTACH, Attach(region.name, region.size_bytes), Empty)
         except BaseException:
@@ -153,6 +173,7 @@ class Channel:
         request_id = next(self._ids) & 0xFFFFFFFF
         try:
             self.sock.sendall(frame(kind, request_id, body))
+            self.spinner.spin(self._readable)
             reply_kind, reply_id, payload = self._read_frame()
         except OSError as exc:
             raise ChannelBrokenError(f"model server connection failed: {exc}") from exc
@@ -161,6 +182,9 @@ class Channel:
         if reply_kind == Kind.ERROR:
             raise rebuild_error(decode(ErrorReply, payload))
         return decode(reply_type, payload)
+
+    def _readable(self) -> bool:
+        return bool(self._poller.poll(0))
 
     def _read_frame(self) -> tuple[int, int, bytes]:
         """One reply frame; usually a single recv (the header and body arrive together)."""

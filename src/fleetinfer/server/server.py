@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -45,6 +46,7 @@ from fleetinfer.server.registry import ModelRegistry
 from fleetinfer.server.repository import ModelRepository
 from fleetinfer.server.requests import Prepared, PreparedCache, prepare
 from fleetinfer.server.shm import SharedRegion, unlink_segment
+from fleetinfer.server.spin import Spinner
 
 log = logging.getLogger(__name__)
 _PEERCRED = struct.Struct("3i")
@@ -61,6 +63,7 @@ class ServerConfig:
     max_region_bytes: int = 4 << 30
     intra_op_threads: int | None = None
     instance_count: int | None = None  # None: each model's config.toml decides
+    spin_us: float = 200.0  # poll for a client's next request this long before blocking; 0 = off
 
 
 class ModelServer:
@@ -81,6 +84,9 @@ class ModelServer:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._ready = False
+        self.readable = select.epoll()  # every connection's socket: has any client sent data?
+        self.in_flight = 0  # requests read and not yet answered
+        self._in_flight_lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
@@ -127,6 +133,7 @@ class ModelServer:
         self.registry.close()
         if self.health is not None:
             self.health.stop()
+        self.readable.close()
 
     def connection_count(self) -> int:
         with self._lock:
@@ -147,11 +154,28 @@ class ModelServer:
             connection = Connection(self, sock, uid)
             with self._lock:
                 self._connections.add(connection)
+            self.readable.register(sock, select.EPOLLIN)
             threading.Thread(target=connection.run, name="fleetinfer-conn", daemon=True).start()
 
     def forget(self, connection: Connection) -> None:
         with self._lock:
             self._connections.discard(connection)
+        with contextlib.suppress(OSError, ValueError):  # ValueError: the server stopped
+            self.readable.unregister(connection.sock)
+
+    def count_in_flight(self, delta: int) -> None:
+        with self._in_flight_lock:
+            self.in_flight += delta
+
+    def others_need_the_gil(self) -> bool:
+        """Whether a spinning connection thread should stop: a request is being served, or a
+        client has sent one that its thread has not read yet."""
+        if self.in_flight > 0:
+            return True
+        try:
+            return bool(self.readable.poll(0))
+        except ValueError:  # closed: the server is stopping
+            return True
 
 
 def _listen(path: Path) -> socket.socket:
@@ -205,11 +229,15 @@ class Connection:
         self._buf = bytearray(2 * (HEADER.size + MAX_BODY_BYTES))
         self._view = memoryview(self._buf)
         self._start = self._end = 0
+        self.spinner = Spinner(server.config.spin_us)
 
     def run(self) -> None:
         try:
             while True:
+                if self._start == self._end and self.region is not None:
+                    self.spinner.spin(self.server.others_need_the_gil)
                 kind, request_id, body = self._read_frame()
+                self.server.count_in_flight(1)
                 self._handle(kind, request_id, body)
         except (EOFError, OSError):
             pass  # the client went away, possibly mid-message
@@ -223,10 +251,15 @@ class Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
 
     def reply_ok(self, request_id: int, body: InferReply) -> None:
-        self._send(Kind.OK, request_id, body)
+        self._answer(Kind.OK, request_id, body)
 
     def reply_error(self, request_id: int, exc: FleetinferError) -> None:
-        self._send(Kind.ERROR, request_id, error_reply(exc))
+        self._answer(Kind.ERROR, request_id, error_reply(exc))
+
+    def _answer(self, kind: int, request_id: int, body: msgspec.Struct) -> None:
+        """The one reply to a request `run` has read."""
+        self._send(kind, request_id, body)
+        self.server.count_in_flight(-1)
 
     def _send(self, kind: int, request_id: int, body: msgspec.Struct) -> None:
         data = frame(kind, request_id, body)
@@ -273,11 +306,11 @@ class Connection:
             self._infer(request_id, body)
         elif kind == Kind.ATTACH:
             self._attach(decode(Attach, body))
-            self._send(Kind.OK, request_id, Empty())
+            self._answer(Kind.OK, request_id, Empty())
         elif kind == Kind.MODEL_INFO:
-            self._send(Kind.OK, request_id, self._model_info(decode(ModelInfoRequest, body)))
+            self._answer(Kind.OK, request_id, self._model_info(decode(ModelInfoRequest, body)))
         elif kind == Kind.CONTROL:
-            self._send(Kind.OK, request_id, self._control(decode(ControlRequest, body)))
+            self._answer(Kind.OK, request_id, self._control(decode(ControlRequest, body)))
         else:
             raise _malformed(
                 f"unknown frame kind {kind}: expected one of 1 (attach), 2 (infer), 3, 4"
