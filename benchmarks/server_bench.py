@@ -5,6 +5,8 @@ Rows (one JSON object on stdout, or in --json):
 - `throughput`: CDNet at batch 1, W worker processes each with T ONNX Runtime threads in process,
   against W client processes of one server running W concurrent executions of T threads (the same
   total threads). Variants interleaved (A B A B ...) over the rounds; medians and their ratio.
+  The shared clients run twice: inputs as plain numpy arrays (copied into shared memory per
+  call) and written in place into `handle.empty()` arrays, as a fleetinfer task would.
 - `overhead`: an identity model with a 2 MiB input, one client, sequential requests: median
   latency through the server minus median latency of the same model in process.
 - `memory`: 8 workers that have each run CDNet: total PSS (`/proc/<pid>/smaps_rollup`) of 8
@@ -32,7 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -94,17 +96,27 @@ with ModelClient(f"localhost:{sys.argv[1]}", "cdnet", init_timeout_s=120) as cli
 
 def worker_main(mode: str, target: str, model: str, threads: int) -> None:
     """A benchmark worker: reads commands on stdin, answers one line each on stdout."""
+    serve_commands(mode, target, model, threads, sys.stdin, sys.stdout)
+
+
+def serve_commands(
+    mode: str, target: str, model: str, threads: int, commands: TextIO, answers: TextIO
+) -> None:
     from fleetinfer.client import ModelClient
 
+    def say(answer: object) -> None:
+        answers.write((answer if isinstance(answer, str) else json.dumps(answer)) + "\n")
+        answers.flush()
+
     if mode == "floor":  # what any worker costs before it touches a model
-        print("ready", flush=True)
-        for line in sys.stdin:
+        say("ready")
+        for line in commands:
             if line.startswith("pss"):
-                print(json.dumps({"pss_bytes": pss_bytes(os.getpid())}), flush=True)
+                say({"pss_bytes": pss_bytes(os.getpid())})
             elif not line.startswith("run"):
                 return
             else:
-                print(json.dumps({"samples": 0, "elapsed_s": 1.0}), flush=True)
+                say({"samples": 0, "elapsed_s": 1.0})
         return
     if mode == "shared":
         client = ModelClient.from_mode("shared", socket_path=target)
@@ -113,19 +125,41 @@ def worker_main(mode: str, target: str, model: str, threads: int) -> None:
     handle = client.model(model)
     inputs = _example_inputs(Path(target) if mode == "inprocess" else None, model)
     handle.infer(inputs)  # load and warm up
-    print("ready", flush=True)
-    for line in sys.stdin:
+    say("ready")
+    for line in commands:
         command, *args = line.split()
+        chosen = inputs if args[1:] != ["inplace"] else _in_place(client, inputs)
         if command == "run":
-            print(json.dumps(_run_for(handle, inputs, float(args[0]))), flush=True)
+            say(_run_for(handle, chosen, float(args[0])))
         elif command == "lat":
-            chosen = inputs if args[1:] != ["inplace"] else _in_place(client, inputs)
-            print(json.dumps(_latencies(handle, chosen, int(args[0]))), flush=True)
+            say(_latencies(handle, chosen, int(args[0])))
         elif command == "pss":
-            print(json.dumps({"pss_bytes": pss_bytes(os.getpid())}), flush=True)
+            say({"pss_bytes": pss_bytes(os.getpid())})
         else:
             break
     client.close()
+
+
+def zygote_main(mode: str, target: str, model: str, threads: int) -> None:
+    """`server_bench.py zygote ...`: import what a worker of `mode` imports, once, then fork one
+    worker per `fork IN OUT` line (two FIFOs), as `fleetinfer run --preload` forks a node's
+    workers from its zygote; answers each with the child's pid."""
+    import gc
+
+    import fleetinfer.client  # noqa: F401
+
+    if mode == "inprocess":
+        import onnxruntime  # noqa: F401
+    gc.freeze()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        _, fifo_in, fifo_out = line.split()
+        pid = os.fork()
+        if pid == 0:
+            with open(fifo_in) as commands, open(fifo_out, "w") as answers:
+                serve_commands(mode, target, model, threads, commands, answers)
+            os._exit(0)
+        print(pid, flush=True)
 
 
 def _example_inputs(repo: Path | None, model: str) -> dict[str, np.ndarray]:
@@ -184,17 +218,18 @@ class Worker:
         self.proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.pid, self.commands, self.answers = self.proc.pid, self.proc.stdin, self.proc.stdout
         if self._line() != "ready":
             raise RuntimeError(f"{what} did not start")
 
     def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
+        self.commands.write(command + "\n")
+        self.commands.flush()
 
     def _line(self) -> str:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.readline().strip()
+        return self.answers.readline().strip()
 
     def answer(self) -> dict[str, float]:
         result: dict[str, float] = json.loads(self._line())
@@ -208,14 +243,68 @@ class Worker:
                 stream.close()
 
 
+class ForkedWorker(Worker):
+    """A worker forked by a bench zygote; commands and answers travel through two FIFOs."""
+
+    def __init__(self, zygote: subprocess.Popen[str], folder: Path) -> None:
+        fifo_in, fifo_out = folder / "in", folder / "out"
+        os.mkfifo(fifo_in)
+        os.mkfifo(fifo_out)
+        assert zygote.stdin is not None
+        assert zygote.stdout is not None
+        zygote.stdin.write(f"fork {fifo_in} {fifo_out}\n")
+        zygote.stdin.flush()
+        self.pid = int(zygote.stdout.readline())
+        self.commands, self.answers = open(fifo_in, "w"), open(fifo_out)  # noqa: SIM115
+        if self._line() != "ready":
+            raise RuntimeError("a forked worker did not start")
+
+    def stop(self) -> None:
+        self.send("quit")
+        self.commands.close()
+        self.answers.read()  # until the child closes its end: it has exited
+        self.answers.close()
+
+
+class Pool(list[Worker]):
+    """Workers, and the zygote they were forked from (None for fresh interpreters)."""
+
+    zygote_pid: int | None = None
+
+
 @contextmanager
-def workers(mode: str, target: Path, model: str, threads: int, n: int) -> Iterator[list[Worker]]:
-    pool = [Worker(mode, target, model, threads) for _ in range(n)]
+def workers(
+    mode: str, target: Path, model: str, threads: int, n: int, *, forked_in: Path | None = None
+) -> Iterator[Pool]:
+    """`n` workers, fresh interpreters; or, given `forked_in` (a scratch folder), forked from a
+    zygote that imported their modules once (the zygote's own PSS is the pool's too)."""
+    pool = Pool()
+    if forked_in is None:
+        pool.extend(Worker(mode, target, model, threads) for _ in range(n))
+        try:
+            yield pool
+        finally:
+            for w in pool:
+                w.stop()
+        return
+    command = [sys.executable, __file__, "zygote", mode, str(target), model, str(threads)]
+    zygote = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert zygote.stdin is not None
+    assert zygote.stdout is not None
+    pool.zygote_pid = zygote.pid
     try:
+        if zygote.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the {mode} zygote did not start")
+        for i in range(n):
+            (forked_in / f"{mode}-{i}").mkdir(parents=True)
+            pool.append(ForkedWorker(zygote, forked_in / f"{mode}-{i}"))
         yield pool
     finally:
         for w in pool:
             w.stop()
+        zygote.stdin.close()
+        zygote.wait(30)
+        zygote.stdout.close()
 
 
 @contextmanager
@@ -237,15 +326,15 @@ def server(
         proc.stdout.close()
 
 
-def samples_per_s(pool: list[Worker], seconds: float) -> float:
+def samples_per_s(pool: list[Worker], seconds: float, *, in_place: bool = False) -> float:
     for w in pool:
-        w.send(f"run {seconds}")
+        w.send(f"run {seconds}" + (" inplace" if in_place else ""))
     answers = [w.answer() for w in pool]
     return sum(a["samples"] / a["elapsed_s"] for a in answers)
 
 
 def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    runs: dict[str, list[float]] = {"inprocess": [], "shared": []}
+    runs: dict[str, list[float]] = {"inprocess": [], "shared": [], "shared_in_place": []}
     sock = tmp / "t.sock"
     with (
         server(repo, sock, args.threads, args.workers),
@@ -253,14 +342,15 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
         workers("inprocess", repo, "cdnet", args.threads, args.workers) as local,
         triton_pool(repo, tmp, args) as triton,
     ):
-        order = [("inprocess", local), ("shared", shared)]
+        order = [("inprocess", local), ("shared", shared), ("shared_in_place", shared)]
         if triton:
             order.append(("triton", triton))
             runs["triton"] = []
         for r in range(args.rounds):
             for name, pool in order if r % 2 == 0 else order[::-1]:
-                runs[name].append(samples_per_s(pool, args.seconds))
-    ratios = [s / i for s, i in zip(runs["shared"], runs["inprocess"], strict=True)]
+                in_place = name == "shared_in_place"
+                runs[name].append(samples_per_s(pool, args.seconds, in_place=in_place))
+    ratios = _paired_ratios(runs["shared"], runs["inprocess"])
     args.triton_runs = runs.get("triton"), runs["inprocess"]
     return {
         "model": "cdnet",
@@ -270,9 +360,18 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
         "inprocess_samples_per_s": statistics.median(runs["inprocess"]),
         "shared_samples_per_s": statistics.median(runs["shared"]),
         "ratio_median": statistics.median(ratios),
+        "shared_in_place_samples_per_s": statistics.median(runs["shared_in_place"]),
+        "ratio_in_place_median": statistics.median(
+            _paired_ratios(runs["shared_in_place"], runs["inprocess"])
+        ),
         "target_ratio_min": TARGETS["throughput_ratio_min"],
         "rounds": runs,
     }
+
+
+def _paired_ratios(variant: list[float], baseline: list[float]) -> list[float]:
+    """Each round's ratio: the rounds share the machine's state at the time."""
+    return [v / b for v, b in zip(variant, baseline, strict=True)]
 
 
 def overhead(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -338,8 +437,10 @@ def _memory(repo: Path, tmp: Path, args: argparse.Namespace, model: str) -> dict
     with workers("inprocess", repo, model, 1, n) as local:
         inprocess = _total_pss(local)
     sock = tmp / f"m-{model}.sock"
-    with server(repo, sock, 1, 1) as proc, workers("shared", sock, model, 1, n) as shared:
-        clients = _total_pss(shared)
+    with server(repo, sock, 1, 1) as proc:
+        with workers("shared", sock, model, 1, n) as shared:
+            clients = _total_pss(shared)
+        forked = _forked_memory(repo, sock, tmp / f"zygotes-{model}", model, n)
         server_pss = pss_bytes(proc.pid)
     return {
         "model": model,
@@ -352,15 +453,34 @@ def _memory(repo: Path, tmp: Path, args: argparse.Namespace, model: str) -> dict
         "floor_total_pss_mb": floor / 2**20,
         "floor_is": "the same workers with numpy and fleetinfer.client imported, no model",
         "ratio_above_floor": (clients - floor) / (inprocess - floor),
+        "forked": forked,
     }
 
 
-def _total_pss(pool: list[Worker]) -> int:
+def _forked_memory(repo: Path, sock: Path, folder: Path, model: str, n: int) -> dict[str, Any]:
+    """The same, each mode's workers forked from a zygote that imported what they import
+    (`fleetinfer run --preload`); each worker still loads its own model (in process) or
+    connects on its own (shared) after the fork. Totals include the zygote."""
+    with workers("inprocess", repo, model, 1, n, forked_in=folder) as local:
+        inprocess = _total_pss(local)
+    with workers("shared", sock, model, 1, n, forked_in=folder) as shared:
+        clients = _total_pss(shared)
+    return {
+        "inprocess_total_pss_mb": inprocess / 2**20,
+        "shared_clients_total_pss_mb": clients / 2**20,
+        "ratio": clients / inprocess,
+        "target_ratio_max": TARGETS["memory_ratio_max"],
+    }
+
+
+def _total_pss(pool: Pool) -> int:
+    """All the workers' PSS after each has run the model, with their zygote's if they have one."""
     for w in pool:
         w.send("run 0.2")
     for w in pool:
         w.answer()
-    return sum(pss_bytes(w.proc.pid) for w in pool)
+    zygote = [] if pool.zygote_pid is None else [pool.zygote_pid]
+    return sum(pss_bytes(pid) for pid in [*(w.pid for w in pool), *zygote])
 
 
 def batching(repo: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -478,9 +598,7 @@ def triton_row(args: argparse.Namespace) -> dict[str, Any]:
         "W instances of 1 thread), W pytriton.client processes over HTTP, batch 1, interleaved "
         "with the throughput row's rounds",
         "triton_samples_per_s": statistics.median(triton),
-        "ratio_to_inprocess": statistics.median(
-            t / i for t, i in zip(triton, inprocess, strict=True)
-        ),
+        "ratio_to_inprocess": statistics.median(_paired_ratios(triton, inprocess)),
         "rounds": triton,
     }
 
@@ -542,5 +660,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         worker_main(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "zygote":
+        zygote_main(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     else:
         main()
