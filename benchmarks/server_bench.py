@@ -146,6 +146,8 @@ def zygote_main(mode: str, target: str, model: str, threads: int) -> None:
     workers from its zygote; answers each with the child's pid."""
     import gc
 
+    import numpy.random  # noqa: F401  (what the worker's own code uses: `_example_inputs`)
+
     import fleetinfer.client  # noqa: F401
 
     if mode == "inprocess":
