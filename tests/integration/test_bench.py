@@ -92,6 +92,8 @@ def test_efficiency_is_measured_over_the_warm_one_process_limit(report: dict[str
     limit = report["limit"]
     assert limit["cpu_s_per_task"] > 0
     assert limit["calibration_tasks"] == 3
+    assert len(limit["cpu_s_per_task_rounds"]) == ROUNDS
+    assert limit["cpu_s_per_task"] in limit["cpu_s_per_task_rounds"]
     assert limit["tasks_per_min"] == pytest.approx(limit["cores"] * 60 / limit["cpu_s_per_task"])
     for summary in report["modes"].values():
         assert summary["limit_tasks_per_min"] == limit["tasks_per_min"]

@@ -20,7 +20,7 @@ from fleetinfer.bench.report import (
     percentile,
     round_metrics,
 )
-from fleetinfer.bench.runner import BenchConfig, RoundRun, TaskTiming, rotation
+from fleetinfer.bench.runner import BenchConfig, Calibration, RoundRun, TaskTiming, rotation
 from fleetinfer.bench.triton import triton_unavailable
 from fleetinfer.errors import ConfigError, InputError
 from fleetinfer.task import Task, TaskContext
@@ -80,6 +80,19 @@ def test_the_limit_and_efficiency_follow_their_formulas() -> None:
     limit = limit_tasks_per_min(cores=2, cpu_s_per_task=0.5)
     assert limit == 240.0  # 2 cores x 60 s / 0.5 CPU s per task
     assert efficiency(180.0, limit) == 0.75
+
+
+def test_the_limit_uses_the_median_rounds_calibration_and_keeps_every_round() -> None:
+    rounds = [
+        Calibration(tasks=5, cpu_s_per_task=cpu, wall_s_per_task=cpu * 1.1,
+                    model_calls_per_task=1.0, threads=1)
+        for cpu in (0.64, 0.57, 0.60, 0.70)
+    ]  # fmt: skip
+    chosen = Calibration.median_of(rounds)
+    assert chosen.cpu_s_per_task == 0.60  # the lower middle of an even count: a real round
+    assert chosen.wall_s_per_task == pytest.approx(0.66)  # that round's own wall time
+    assert chosen.cpu_s_per_task_rounds == (0.64, 0.57, 0.60, 0.70)
+    assert Calibration.median_of(rounds[:1]).cpu_s_per_task == 0.64
 
 
 def test_an_unknown_or_repeated_mode_is_a_config_error() -> None:

@@ -38,7 +38,8 @@ DEFINITIONS = {
     "pss_mib": "by role, each process's median PSS over the steady window (isolated-per-task: "
     "each task process's peak, as each lives only for its task)",
     "limit_tasks_per_min": "cores x 60 / warm CPU seconds per task (one process, in-process "
-    "client, one intra-op thread, after a warm-up task)",
+    "client, one intra-op thread, after a warm-up task; measured at the start of every round, "
+    "the median round's used: limit.cpu_s_per_task_rounds)",
     "efficiency": "tasks_per_min_steady / limit_tasks_per_min (the limit is a warm, steady "
     "rate too); efficiency_whole_run: tasks_per_min / limit_tasks_per_min, node start-up "
     "included",
@@ -334,6 +335,7 @@ def _limit_json(calibration: Calibration, cores: float, limit: float) -> dict[st
     return {
         "cores": cores,
         "cpu_s_per_task": calibration.cpu_s_per_task,
+        "cpu_s_per_task_rounds": list(calibration.cpu_s_per_task_rounds),
         "wall_s_per_task": calibration.wall_s_per_task,
         "model_calls_per_task": calibration.model_calls_per_task,
         "calibration_tasks": calibration.tasks,

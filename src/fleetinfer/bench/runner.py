@@ -20,13 +20,14 @@ spreads over every mode. Each (mode, round) gets a fresh node, a fresh SQLite qu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -139,13 +140,23 @@ class RoundRun:
 
 @dataclass(slots=True)
 class Calibration:
-    """Warm CPU seconds per task, one process, in-process client, after a warm-up task."""
+    """Warm CPU seconds per task, one process, in-process client, after a warm-up task. Measured
+    at the start of every round; the limit uses the median round (`median_of`), since one
+    measurement moves with the machine's load by 10 % and more."""
 
     tasks: int
     cpu_s_per_task: float
     wall_s_per_task: float
     model_calls_per_task: float
     threads: int
+    cpu_s_per_task_rounds: tuple[float, ...] = ()
+
+    @staticmethod
+    def median_of(rounds: Sequence[Calibration]) -> Calibration:
+        middle = sorted(rounds, key=lambda c: c.cpu_s_per_task)[(len(rounds) - 1) // 2]
+        return dataclasses.replace(
+            middle, cpu_s_per_task_rounds=tuple(c.cpu_s_per_task for c in rounds)
+        )
 
 
 @dataclass(slots=True)
@@ -162,9 +173,8 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRun
     """Calibrate the limit, then run every mode in every round (rotated)."""
     say = progress or (lambda _text: None)
     resolve_target(config.target)  # a wrong target fails here, before any process starts
-    say("calibrating: warm CPU seconds per task in one process")
-    calibration = calibrate(config)
     order = rotation(config.modes, config.rounds)
+    calibrations: list[Calibration] = []
     runs: dict[str, list[RoundRun]] = {mode: [] for mode in config.modes}
     errors: dict[str, str] = {}
     if "triton" in config.modes:
@@ -172,6 +182,8 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRun
         if why is not None:
             errors["triton"] = why
     for number, modes in enumerate(order, 1):
+        say(f"round {number}/{config.rounds}: calibrating (warm CPU seconds per task, one process)")
+        calibrations.append(calibrate(config))
         for mode in modes:
             if mode in errors:
                 continue
@@ -180,6 +192,7 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRun
                 runs[mode].append(run_mode(config, mode, number))
             except (FleetinferError, TritonServerError) as exc:
                 errors[mode] = f"{type(exc).__name__}: {exc}"
+    calibration = Calibration.median_of(calibrations)
     return BenchRun(config, order, calibration, runs, errors, usable_cores())
 
 
