@@ -5,8 +5,10 @@ When every instance is busy, requests queue; each batcher thread (one per config
 takes whatever is queued and compatible (same non-batch shapes), up to the largest of the
 `preferred_batch_sizes` (else `max_batch_size`), and runs it as one batch: it merges what is
 already there and never waits for more (`max_queue_delay_us = 0`, the measured best on CPU); a
-positive delay makes it wait that long for a fuller batch. On CPU a merged batch runs no faster
-per sample than its parts, while the memory ONNX Runtime keeps for activations grows with the
+positive delay makes it wait that long for a fuller batch. On the development VM's CPU a merged
+batch of CDNet runs 1.04 to 1.17 times faster per sample than its parts (batch 2 to 8,
+`server_bench.py`'s batching row), `cdnet-l` no faster at all: merging what is queued is worth
+it, waiting for more is not. The memory ONNX Runtime keeps for activations grows with the
 largest batch it has run: a preferred size caps that memory, and a single request above it runs
 as slices of that size. Outputs are written straight into each client's region and each client gets
 its own reply. A failed merged batch is retried request by request, so one bad request cannot
