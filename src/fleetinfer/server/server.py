@@ -152,9 +152,13 @@ class ModelServer:
                 sock.close()
                 continue
             connection = Connection(self, sock, uid)
+            try:
+                self.readable.register(sock, select.EPOLLIN)
+            except ValueError:  # closed: the server stopped while this client connected
+                sock.close()
+                return
             with self._lock:
                 self._connections.add(connection)
-            self.readable.register(sock, select.EPOLLIN)
             threading.Thread(target=connection.run, name="fleetinfer-conn", daemon=True).start()
 
     def forget(self, connection: Connection) -> None:
