@@ -132,6 +132,7 @@ def test_ratios_pair_modes_of_the_same_round_and_the_chart_is_written(
     assert ratios["shared_vs_isolated_tasks_per_min"] > 0
     assert ratios["shared_vs_isolated_per_task_tasks_per_min"] > 0
     assert ratios["shared_vs_triton_tasks_per_min"] is None  # triton was not asked for
+    assert ratios["shared_vs_triton_tasks_per_min_steady"] is None
     png = Path(report["_out"]) / "bench.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
