@@ -7,6 +7,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -414,6 +415,72 @@ def test_a_request_above_the_preferred_batch_runs_in_slices_with_the_same_output
     finally:
         client.close()
         server.stop()
+
+
+def test_the_slices_of_a_large_request_run_side_by_side_on_idle_instances(
+    short_dir: Path, repo: Path
+) -> None:
+    text = (repo / "affine" / "config.toml").read_text()
+    (repo / "affine" / "config.toml").write_text(
+        text + "\n[batching]\npreferred_batch_sizes = [2]\n"
+    )
+    server = start_server(repo, short_dir / "spread.sock", instance_count=2)
+    client = SharedModelClient(server.config.socket_path)
+    model = server.registry.resolve("affine").model
+    run, threads = model.run, set()
+
+    def slow(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        threads.add(threading.get_ident())
+        time.sleep(0.05)  # long enough for the idle instance to take a slice
+        return run(inputs)
+
+    model.run = slow  # type: ignore[method-assign]
+    try:
+        x = np.arange(32, dtype=np.float32).reshape(8, 4)
+        np.testing.assert_array_equal(client.model("affine").infer({"x": x})["y"], x * 3 + 1)
+        assert len(threads) == 2
+        assert _instances_given_back(server, "affine")
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_failing_slice_fails_its_request_and_the_instances_are_given_back(
+    short_dir: Path, repo: Path
+) -> None:
+    text = (repo / "affine" / "config.toml").read_text()
+    (repo / "affine" / "config.toml").write_text(
+        text + "\n[batching]\npreferred_batch_sizes = [2]\n"
+    )
+    server = start_server(repo, short_dir / "fail.sock", instance_count=2)
+    client = SharedModelClient(server.config.socket_path)
+    model = server.registry.resolve("affine").model
+    run = model.run
+
+    def fails_on_the_last_slice(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(0.02)
+        if inputs["x"].shape[0] == 1:
+            raise InferenceError("the last slice failed")
+        return run(inputs)
+
+    model.run = fails_on_the_last_slice  # type: ignore[method-assign]
+    try:
+        with pytest.raises(InferenceError, match="the last slice failed"):
+            client.model("affine").infer({"x": np.ones((5, 4), np.float32)})
+        assert _instances_given_back(server, "affine")
+        y = client.model("affine").infer({"x": np.ones((4, 4), np.float32)})["y"]
+        np.testing.assert_array_equal(y, 4.0)
+    finally:
+        client.close()
+        server.stop()
+
+
+def _instances_given_back(server: ModelServer, model: str) -> bool:
+    """Whether every instance is free again (the reply goes out just before that)."""
+    deadline = time.monotonic() + 5.0
+    while server.registry.resolve(model)._busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return server.registry.resolve(model)._busy == 0
 
 
 def test_every_request_is_counted_out_once_answered_so_spinning_resumes(

@@ -10,19 +10,21 @@ batch of CDNet runs 1.04 to 1.17 times faster per sample than its parts (batch 2
 `server_bench.py`'s batching row), `cdnet-l` no faster at all: merging what is queued is worth
 it, waiting for more is not. The memory ONNX Runtime keeps for activations grows with the
 largest batch it has run: a preferred size caps that memory, and a single request above it runs
-as slices of that size. Outputs are written straight into each client's region and each client gets
-its own reply. A failed merged batch is retried request by request, so one bad request cannot
-fail its neighbours.
+as slices of that size, side by side on the instances that are idle (nothing queued). Outputs
+are written straight into each client's region and each client gets its own reply. A failed
+merged batch is retried request by request, so one bad request cannot fail its neighbours.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -99,6 +101,7 @@ class ModelExecutor:
         self._cond = threading.Condition()
         self._busy = 0
         self._closed = False
+        self._helpers: ThreadPoolExecutor | None = None  # runs slices on idle instances
         self._threads = [
             threading.Thread(
                 target=self._serve_queue, name=f"batcher-{self.config.name}-{i}", daemon=True
@@ -131,16 +134,19 @@ class ModelExecutor:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            helpers, self._helpers = self._helpers, None
+        if helpers is not None:
+            helpers.shutdown(wait=False)
 
     def join(self, timeout_s: float) -> None:
         for thread in self._threads:
             thread.join(timeout_s)
 
-    def _release(self) -> None:
+    def _release(self, instances: int = 1) -> None:
         with self._cond:
-            self._busy -= 1
-            if self._queue or self._closed:  # wake a batcher only when there is work for it
-                self._cond.notify()
+            self._busy -= instances
+            if self._queue or self._closed:  # wake batchers only when there is work for them
+                self._cond.notify(instances)
 
     def _serve_queue(self) -> None:
         while True:
@@ -221,15 +227,56 @@ class ModelExecutor:
 
     def _run_in_chunks(self, inputs: Tensors) -> Tensors:
         """One run, or, for a request above the merge limit, one run per slice of at most that
-        many samples: the activation memory ONNX Runtime keeps stays that of the limit."""
+        many samples: the activation memory ONNX Runtime keeps stays that of the limit. Slices
+        run side by side on the instances that are idle when nothing else is queued."""
         total = next(iter(inputs.values())).shape[0] if self.batchable else 0
         if total <= self.merge_limit:
             return self.model.run(inputs)
-        parts = [
-            self.model.run({n: a[i : i + self.merge_limit] for n, a in inputs.items()})
+        slices = [
+            {n: a[i : i + self.merge_limit] for n, a in inputs.items()}
             for i in range(0, total, self.merge_limit)
         ]
+        parts = self._run_spread(slices)
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def _run_spread(self, slices: list[Tensors]) -> list[Tensors]:
+        """Run `slices` on this thread and on as many idle instances as help, in order."""
+        helpers = self._claim_idle(len(slices) - 1)
+        if helpers == 0:
+            return [self.model.run(part) for part in slices]
+        results: list[Tensors | None] = [None] * len(slices)
+        indexes = itertools.count()  # next() on it is atomic: each slice runs once
+
+        def work() -> None:
+            while (i := next(indexes)) < len(slices):
+                results[i] = self.model.run(slices[i])
+
+        futures = [self._helper_pool().submit(work) for _ in range(helpers)]
+        try:
+            work()
+        finally:
+            failures = [f.exception() for f in futures]  # waits: the instances are ours till then
+            self._release(helpers)
+        for failure in failures:
+            if failure is not None:
+                raise failure
+        return [r for r in results if r is not None]
+
+    def _claim_idle(self, wanted: int) -> int:
+        with self._cond:
+            if self._queue or self._closed:
+                return 0
+            claimed = max(0, min(wanted, self.instances - self._busy))
+            self._busy += claimed
+            return claimed
+
+    def _helper_pool(self) -> ThreadPoolExecutor:
+        with self._cond:
+            if self._helpers is None:
+                self._helpers = ThreadPoolExecutor(
+                    self.instances - 1, thread_name_prefix=f"slices-{self.config.name}"
+                )
+            return self._helpers
 
     def _fail(self, batch: list[Pending], exc: FleetinferError) -> None:
         if len(batch) > 1:
