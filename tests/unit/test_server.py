@@ -10,7 +10,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -334,7 +335,7 @@ def test_a_second_server_on_the_same_socket_is_refused(server: ModelServer, repo
     from fleetinfer.errors import ConfigError
 
     with pytest.raises(ConfigError, match="already listens"):
-        start_server(repo, server.config.socket_path, metrics_port=None)  # type: ignore[arg-type]
+        start_server(repo, server.config.socket_path, metrics_port=None)
 
 
 def test_a_model_with_a_broken_config_does_not_load(short_dir: Path) -> None:
@@ -391,88 +392,85 @@ def test_a_server_bug_while_answering_is_reported_and_the_server_carries_on(
     assert handle.infer({"x": x})["y"][0, 0] == 4.0
 
 
-def test_a_request_above_the_preferred_batch_runs_in_slices_with_the_same_outputs(
-    short_dir: Path, repo: Path
-) -> None:
+Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@contextmanager
+def sliced_affine(
+    repo: Path, socket_path: Path, instances: int, wrap: Callable[[Run], Run]
+) -> Iterator[tuple[ModelServer, SharedModelClient]]:
+    """A server whose `affine` runs slices of 2 samples, each through `wrap(the real run)`."""
     text = (repo / "affine" / "config.toml").read_text()
     (repo / "affine" / "config.toml").write_text(
         text + "\n[batching]\npreferred_batch_sizes = [2]\n"
     )
-    server = start_server(repo, short_dir / "chunks.sock")
+    server = start_server(repo, socket_path, instance_count=instances)
     client = SharedModelClient(server.config.socket_path)
     model = server.registry.resolve("affine").model
-    run, batches = model.run, []
-
-    def counted(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batches.append(inputs["x"].shape[0])
-        return run(inputs)
-
-    model.run = counted  # type: ignore[method-assign]
+    model.run = wrap(model.run)  # type: ignore[method-assign,assignment]
     try:
-        x = np.arange(20, dtype=np.float32).reshape(5, 4)
-        np.testing.assert_array_equal(client.model("affine").infer({"x": x})["y"], x * 3 + 1)
-        assert batches == [2, 2, 1]  # ONNX Runtime never saw more than the preferred size
+        yield server, client
     finally:
         client.close()
         server.stop()
+
+
+def test_a_request_above_the_preferred_batch_runs_in_slices_with_the_same_outputs(
+    short_dir: Path, repo: Path
+) -> None:
+    batches = []
+
+    def counted(run: Run) -> Run:
+        def counting(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            batches.append(inputs["x"].shape[0])
+            return run(inputs)
+
+        return counting
+
+    with sliced_affine(repo, short_dir / "chunks.sock", 1, counted) as (_, client):
+        x = np.arange(20, dtype=np.float32).reshape(5, 4)
+        np.testing.assert_array_equal(client.model("affine").infer({"x": x})["y"], x * 3 + 1)
+        assert batches == [2, 2, 1]  # ONNX Runtime never saw more than the preferred size
 
 
 def test_the_slices_of_a_large_request_run_side_by_side_on_idle_instances(
     short_dir: Path, repo: Path
 ) -> None:
-    text = (repo / "affine" / "config.toml").read_text()
-    (repo / "affine" / "config.toml").write_text(
-        text + "\n[batching]\npreferred_batch_sizes = [2]\n"
-    )
-    server = start_server(repo, short_dir / "spread.sock", instance_count=2)
-    client = SharedModelClient(server.config.socket_path)
-    model = server.registry.resolve("affine").model
-    run, threads = model.run, set()
+    threads = set()
 
-    def slow(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        threads.add(threading.get_ident())
-        time.sleep(0.05)  # long enough for the idle instance to take a slice
-        return run(inputs)
+    def slow(run: Run) -> Run:
+        def slowly(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            threads.add(threading.get_ident())
+            time.sleep(0.05)  # long enough for the idle instance to take a slice
+            return run(inputs)
 
-    model.run = slow  # type: ignore[method-assign]
-    try:
+        return slowly
+
+    with sliced_affine(repo, short_dir / "spread.sock", 2, slow) as (server, client):
         x = np.arange(32, dtype=np.float32).reshape(8, 4)
         np.testing.assert_array_equal(client.model("affine").infer({"x": x})["y"], x * 3 + 1)
         assert len(threads) == 2
         assert _instances_given_back(server, "affine")
-    finally:
-        client.close()
-        server.stop()
 
 
 def test_a_failing_slice_fails_its_request_and_the_instances_are_given_back(
     short_dir: Path, repo: Path
 ) -> None:
-    text = (repo / "affine" / "config.toml").read_text()
-    (repo / "affine" / "config.toml").write_text(
-        text + "\n[batching]\npreferred_batch_sizes = [2]\n"
-    )
-    server = start_server(repo, short_dir / "fail.sock", instance_count=2)
-    client = SharedModelClient(server.config.socket_path)
-    model = server.registry.resolve("affine").model
-    run = model.run
+    def last_slice_fails(run: Run) -> Run:
+        def failing(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            time.sleep(0.02)
+            if inputs["x"].shape[0] == 1:
+                raise InferenceError("the last slice failed")
+            return run(inputs)
 
-    def fails_on_the_last_slice(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        time.sleep(0.02)
-        if inputs["x"].shape[0] == 1:
-            raise InferenceError("the last slice failed")
-        return run(inputs)
+        return failing
 
-    model.run = fails_on_the_last_slice  # type: ignore[method-assign]
-    try:
+    with sliced_affine(repo, short_dir / "fail.sock", 2, last_slice_fails) as (server, client):
         with pytest.raises(InferenceError, match="the last slice failed"):
             client.model("affine").infer({"x": np.ones((5, 4), np.float32)})
         assert _instances_given_back(server, "affine")
         y = client.model("affine").infer({"x": np.ones((4, 4), np.float32)})["y"]
         np.testing.assert_array_equal(y, 4.0)
-    finally:
-        client.close()
-        server.stop()
 
 
 def _instances_given_back(server: ModelServer, model: str) -> bool:
