@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import stat
@@ -431,6 +432,17 @@ def test_a_request_above_the_preferred_batch_runs_in_slices_with_the_same_output
         x = np.arange(20, dtype=np.float32).reshape(5, 4)
         np.testing.assert_array_equal(client.model("affine").infer({"x": x})["y"], x * 3 + 1)
         assert batches == [2, 2, 1]  # ONNX Runtime never saw more than the preferred size
+
+
+def test_a_large_request_is_cut_into_as_few_slices_as_the_limit_allows_of_even_sizes() -> None:
+    from fleetinfer.server.executor import _even_cuts
+
+    def sizes(total: int, parts: int) -> list[int]:
+        return [b - a for a, b in itertools.pairwise(_even_cuts(total, parts))]
+
+    assert sizes(25, 4) == [7, 6, 6, 6]  # slices of at most 8, shared 13 / 12 by 2 instances
+    assert sizes(16, 2) == [8, 8]
+    assert sizes(5, 3) == [2, 2, 1]
 
 
 def test_the_slices_of_a_large_request_run_side_by_side_on_idle_instances(
