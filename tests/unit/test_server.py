@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fleetinfer.client import ModelClient, SharedModelClient
+from fleetinfer.client import InProcessModelClient, ModelClient, SharedModelClient
 from fleetinfer.errors import (
     InferenceError,
     InvalidInputError,
@@ -435,14 +435,33 @@ def test_a_request_above_the_preferred_batch_runs_in_slices_with_the_same_output
 
 
 def test_a_large_request_is_cut_into_as_few_slices_as_the_limit_allows_of_even_sizes() -> None:
-    from fleetinfer.server.executor import _even_cuts
+    from fleetinfer.server.session import even_cuts
 
     def sizes(total: int, parts: int) -> list[int]:
-        return [b - a for a, b in itertools.pairwise(_even_cuts(total, parts))]
+        return [b - a for a, b in itertools.pairwise(even_cuts(total, parts))]
 
     assert sizes(25, 4) == [7, 6, 6, 6]  # slices of at most 8, shared 13 / 12 by 2 instances
     assert sizes(16, 2) == [8, 8]
     assert sizes(5, 3) == [2, 2, 1]
+
+
+def test_in_process_a_batch_above_the_preferred_size_runs_in_the_same_slices(repo: Path) -> None:
+    text = (repo / "affine" / "config.toml").read_text()
+    (repo / "affine" / "config.toml").write_text(
+        text + "\n[batching]\npreferred_batch_sizes = [2]\n"
+    )
+    client = InProcessModelClient(repo)
+    model = client.session("affine", None)
+    run, batches = model.run, []
+
+    def counted(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batches.append(inputs["x"].shape[0])
+        return run(inputs)
+
+    model.run = counted  # type: ignore[method-assign]
+    x = np.arange(20, dtype=np.float32).reshape(5, 4)
+    np.testing.assert_array_equal(client.model("affine").infer({"x": x})["y"], x * 3 + 1)
+    assert batches == [2, 2, 1]  # the activation memory of 2 samples, as in the server
 
 
 def test_the_slices_of_a_large_request_run_side_by_side_on_idle_instances(

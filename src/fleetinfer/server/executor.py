@@ -35,7 +35,7 @@ from fleetinfer.errors import FleetinferError
 from fleetinfer.server.metrics import ModelStats
 from fleetinfer.server.protocol import InferReply, OutputSpaceError, TensorRef, aligned
 from fleetinfer.server.repository import DTYPES
-from fleetinfer.server.session import OrtModel, Tensors
+from fleetinfer.server.session import OrtModel, Tensors, even_cuts
 from fleetinfer.server.shm import SharedRegion
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ class ModelExecutor:
         total = next(iter(inputs.values())).shape[0] if self.batchable else 0
         if total <= self.merge_limit:
             return self.model.run(inputs)
-        bounds = _even_cuts(total, math.ceil(total / self.merge_limit))
+        bounds = even_cuts(total, math.ceil(total / self.merge_limit))
         slices = [{n: a[i:j] for n, a in inputs.items()} for i, j in itertools.pairwise(bounds)]
         parts = self._run_spread(slices)
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
@@ -352,12 +352,6 @@ class ModelExecutor:
             binding.bind_output(s.name, "cpu", 0, view.dtype, list(shape), pointer)
             refs.append(_ref(s.name, view, p.window_offset + off))
         return DirectPlan(binding, InferReply(version=self.version, outputs=tuple(refs)))
-
-
-def _even_cuts(total: int, parts: int) -> list[int]:
-    """Bounds of `parts` slices of `total` samples whose sizes differ by one at most (25 in 4:
-    7, 6, 6, 6, so two instances share them 13 / 12, where slices of 8 would split 16 / 9)."""
-    return [-(-total * k // parts) for k in range(parts + 1)]
 
 
 def _merged_inputs(batch: list[Pending]) -> Tensors:
