@@ -18,7 +18,7 @@ import typer
 
 from fleetinfer.errors import FleetinferError
 from fleetinfer.server.protocol import default_socket_path
-from fleetinfer.server.server import ModelServer, ServerConfig
+from fleetinfer.server.server import REQUEST_SPIN_US, ModelServer, ServerConfig
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -35,7 +35,7 @@ def serve(
     instance_count: int | None = None,
     max_request_bytes: int = 1 << 30,
     max_region_bytes: int = 4 << 30,
-    spin_us: float = 200.0,
+    spin_us: float = REQUEST_SPIN_US,
 ) -> int:
     """Serve `models` on `socket_path` (default: `default_socket_path()`) until a signal."""
     config = ServerConfig(
@@ -113,7 +113,7 @@ def serve_command(
             "--spin-us",
             help="Poll for a client's next request this long before blocking (µs); 0 = never.",
         ),
-    ] = 200.0,
+    ] = REQUEST_SPIN_US,
 ) -> None:
     """Serve the repository's models to local workers (Unix socket + shared memory)."""
     logging.basicConfig(

@@ -35,7 +35,7 @@ from fleetinfer.errors import FleetinferError
 from fleetinfer.server.metrics import ModelStats
 from fleetinfer.server.protocol import InferReply, OutputSpaceError, TensorRef, aligned
 from fleetinfer.server.repository import DTYPES
-from fleetinfer.server.session import OrtModel, Tensors, even_cuts
+from fleetinfer.server.session import OrtModel, Tensors, even_slices, joined
 from fleetinfer.server.shm import SharedRegion
 
 log = logging.getLogger(__name__)
@@ -234,10 +234,7 @@ class ModelExecutor:
         total = next(iter(inputs.values())).shape[0] if self.batchable else 0
         if total <= self.merge_limit:
             return self.model.run(inputs)
-        bounds = even_cuts(total, math.ceil(total / self.merge_limit))
-        slices = [{n: a[i:j] for n, a in inputs.items()} for i, j in itertools.pairwise(bounds)]
-        parts = self._run_spread(slices)
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return joined(self._run_spread(even_slices(inputs, self.merge_limit)))
 
     def _run_spread(self, slices: list[Tensors]) -> list[Tensors]:
         """Run `slices` on this thread and on as many idle instances as help, in order."""

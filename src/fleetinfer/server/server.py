@@ -50,6 +50,7 @@ from fleetinfer.server.spin import Spinner
 
 log = logging.getLogger(__name__)
 _PEERCRED = struct.Struct("3i")
+REQUEST_SPIN_US = 200.0  # how long a connection polls for its client's next request (`spin.py`)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,7 +64,7 @@ class ServerConfig:
     max_region_bytes: int = 4 << 30
     intra_op_threads: int | None = None
     instance_count: int | None = None  # None: each model's config.toml decides
-    spin_us: float = 200.0  # poll for a client's next request this long before blocking; 0 = off
+    spin_us: float = REQUEST_SPIN_US  # 0: block at once
 
 
 class ModelServer:

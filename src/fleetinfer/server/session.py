@@ -128,6 +128,19 @@ def even_cuts(total: int, parts: int) -> list[int]:
     return [-(-total * k // parts) for k in range(parts + 1)]
 
 
+def even_slices(inputs: Tensors, limit: int) -> list[Tensors]:
+    """`inputs` cut along the batch axis into the fewest slices of at most `limit` samples,
+    of even sizes."""
+    total = next(iter(inputs.values())).shape[0]
+    bounds = even_cuts(total, math.ceil(total / limit))
+    return [{n: a[i:j] for n, a in inputs.items()} for i, j in itertools.pairwise(bounds)]
+
+
+def joined(parts: list[Tensors]) -> Tensors:
+    """The outputs of slices, back in one batch."""
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 class OrtModel:
     """One loaded model version: its artifact verified, an ONNX Runtime session, validation."""
 
@@ -162,14 +175,10 @@ class OrtModel:
         """Validate and run; a batch above `slice_limit` runs as even slices, one after the
         other, as the model server runs it (the same outputs, the same activation memory)."""
         checked = validate_inputs(self.config, inputs)
-        limit, total = self.slice_limit, next(iter(checked.values())).shape[0]
-        if limit is None or total <= limit:
+        limit = self.slice_limit
+        if limit is None or next(iter(checked.values())).shape[0] <= limit:
             return self.run(checked)
-        bounds = even_cuts(total, math.ceil(total / limit))
-        parts = [
-            self.run({n: a[i:j] for n, a in checked.items()}) for i, j in itertools.pairwise(bounds)
-        ]
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return joined([self.run(part) for part in even_slices(checked, limit)])
 
     def run(self, inputs: Tensors) -> Tensors:
         """Run already-validated inputs; runtime failures become `InferenceError`."""
