@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
+import time
 from collections.abc import Callable
 
-from fleetinfer.server.spin import MAX_BACKOFF_WAITS, Spinner
+from fleetinfer.server.spin import Spinner
 
 
 def test_a_spin_ends_as_soon_as_its_condition_holds() -> None:
@@ -21,20 +21,48 @@ def test_a_zero_budget_never_spins() -> None:
     assert Spinner(budget_us=0).spin(stop) is False
 
 
-def test_after_fruitless_spins_the_waits_in_between_block_at_once_doubling_up_to_the_cap() -> None:
-    blocked = _waits_skipped_between_spins(Spinner(budget_us=1), waits=400)
-    assert blocked[:7] == [1, 2, 4, 8, 16, 32, 64]
-    assert set(blocked[7:]) == {MAX_BACKOFF_WAITS}
+def test_a_peer_that_answers_slower_than_the_budget_is_waited_for_blocked() -> None:
+    spinner = Spinner(budget_us=200)
+    spins = []
+    for _ in range(40):
+        spins.append(_polls(spinner, lambda: False) > 0)
+        time.sleep(0.002)  # the answer comes after 2 ms, ten budgets
+        spinner.answered()
+    assert spins[0] is True  # nothing known yet: spin
+    assert not any(spins[5:])  # the mean wait is above the budget: block at once
+    assert spinner.mean_wait_ns > spinner.budget_ns
 
 
-def test_a_spin_that_finds_its_condition_resets_the_backoff() -> None:
-    spinner = Spinner(budget_us=1)
-    spinner.spin(lambda: False)
-    spinner.spin(lambda: False)  # skipped: the backoff is 1
-    assert spinner.spin(lambda: True) is True
-    assert spinner.spin(lambda: False) is False  # spins again (fruitlessly): backoff back to 1
-    assert _polls(spinner, lambda: True) == 0  # this wait is skipped
-    assert _polls(spinner, lambda: True) == 1
+def test_spinning_resumes_once_the_peer_answers_within_the_budget_again() -> None:
+    spinner = Spinner(budget_us=200)
+    for _ in range(20):  # a slow phase: long model calls
+        spinner.spin(lambda: False)
+        time.sleep(0.002)
+        spinner.answered()
+    assert _polls(spinner, lambda: True) == 0
+    spinner.answered()
+    fast_phase = []
+    for _ in range(30):  # fast answers: each wait is folded into the mean, spun or not
+        fast_phase.append(_polls(spinner, lambda: True))
+        spinner.answered()
+    assert fast_phase[0] == 0
+    assert fast_phase[-1] == 1  # back to spinning, within about ten answers
+    assert fast_phase.index(1) <= 15
+
+
+def test_long_pauses_count_as_four_budgets_so_they_are_forgotten_within_a_dozen_answers() -> None:
+    spinner = Spinner(budget_us=1_000)
+    for _ in range(30):  # the client was busy between tasks, 50 budgets each time
+        spinner.spin(lambda: True)
+        time.sleep(0.05)
+        spinner.answered()
+    assert spinner.budget_ns < spinner.mean_wait_ns <= 4 * spinner.budget_ns
+    polls = []
+    for _ in range(12):
+        polls.append(_polls(spinner, lambda: True))
+        spinner.answered()
+    assert polls[0] == 0
+    assert polls[-1] == 1
 
 
 def test_only_one_thread_of_a_process_spins_at_a_time() -> None:
@@ -65,9 +93,3 @@ def _polls(spinner: Spinner, stop: Callable[[], bool]) -> int:
 
     spinner.spin(counted)
     return count
-
-
-def _waits_skipped_between_spins(spinner: Spinner, waits: int) -> list[int]:
-    """For a peer that never answers in time: how many waits blocked at once between spins."""
-    spun = [i for i in range(waits) if _polls(spinner, lambda: False) > 0]
-    return [b - a - 1 for a, b in itertools.pairwise(spun)]

@@ -53,7 +53,7 @@ R = TypeVar("R", bound=msgspec.Struct)
 _SUPPORTED_KINDS = "biuf"
 _GROWTH_STEP_BYTES = 1 << 20
 COPY_OUT_MAX_BYTES = 64 * 1024  # smaller outputs are copied out: cheaper than leasing the bytes
-REPLY_SPIN_US = 250  # how long a caller polls for the reply before it blocks (`spin.py`)
+REPLY_SPIN_US = 500  # how long a caller polls for the reply before it blocks (`spin.py`)
 _DTYPE_NAMES = {np.dtype(t): name for name, t in DTYPES.items()}
 
 
@@ -175,6 +175,7 @@ class Channel:
             self.sock.sendall(frame(kind, request_id, body))
             self.spinner.spin(self._readable)
             reply_kind, reply_id, payload = self._read_frame()
+            self.spinner.answered()
         except OSError as exc:
             raise ChannelBrokenError(f"model server connection failed: {exc}") from exc
         if reply_id not in (request_id, 0):

@@ -242,6 +242,7 @@ class Connection:
                 if self._start == self._end and self.region is not None:
                     self.spinner.spin(self.server.others_need_the_gil)
                 kind, request_id, body = self._read_frame()
+                self.spinner.answered()
                 self.server.count_in_flight(1)
                 self._handle(kind, request_id, body)
         except (EOFError, OSError):
