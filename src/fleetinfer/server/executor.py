@@ -33,7 +33,7 @@ import numpy as np
 
 from fleetinfer.errors import FleetinferError
 from fleetinfer.server.metrics import ModelStats
-from fleetinfer.server.protocol import InferReply, OutputSpaceError, TensorRef, aligned
+from fleetinfer.server.protocol import InferReply, OutputSpaceError, TensorRef, aligned, encode
 from fleetinfer.server.repository import DTYPES
 from fleetinfer.server.session import OrtModel, Tensors, even_slices, joined
 from fleetinfer.server.shm import SharedRegion
@@ -46,9 +46,11 @@ _DTYPE_NAMES = {np.dtype(t): name for name, t in DTYPES.items()}
 class ReplySink(Protocol):
     """Where a request's answer goes: the connection that sent it."""
 
-    def reply_ok(self, request_id: int, body: InferReply) -> None: ...
+    def reply_ok(self, request_id: int, body: InferReply | bytes) -> None:
+        """Answer with a reply, or with one already encoded (`protocol.encode`)."""
 
-    def reply_error(self, request_id: int, exc: FleetinferError) -> None: ...
+    def reply_error(self, request_id: int, exc: FleetinferError) -> None:
+        """Answer with an error the client raises as its own class."""
 
 
 @dataclass(slots=True)
@@ -57,7 +59,7 @@ class DirectPlan:
     the input and output views, and the reply, both reused while the client repeats the request."""
 
     binding: Any  # onnxruntime.IOBinding
-    reply: InferReply
+    reply: bytes  # the encoded `InferReply`: the same for every run
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -348,7 +350,7 @@ class ModelExecutor:
             pointer = view.__array_interface__["data"][0]
             binding.bind_output(s.name, "cpu", 0, view.dtype, list(shape), pointer)
             refs.append(_ref(s.name, view, p.window_offset + off))
-        return DirectPlan(binding, InferReply(version=self.version, outputs=tuple(refs)))
+        return DirectPlan(binding, encode(InferReply(version=self.version, outputs=tuple(refs))))
 
 
 def _merged_inputs(batch: list[Pending]) -> Tensors:

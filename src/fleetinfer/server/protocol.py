@@ -139,9 +139,15 @@ _DECODERS: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
 T = TypeVar("T", bound=msgspec.Struct)
 
 
-def frame(kind: int, request_id: int, body: msgspec.Struct) -> bytes:
-    payload = _ENCODER.encode(body)
+def frame(kind: int, request_id: int, body: msgspec.Struct | bytes) -> bytes:
+    """A whole frame; `body` a message, or one already encoded (`encode`)."""
+    payload = body if isinstance(body, bytes) else _ENCODER.encode(body)
     return HEADER.pack(MAGIC, PROTOCOL_VERSION, kind, request_id, len(payload)) + payload
+
+
+def encode(body: msgspec.Struct) -> bytes:
+    """A message's encoded body, for one sent many times (a cached reply)."""
+    return _ENCODER.encode(body)
 
 
 def decode(kind: type[T], body: bytes | memoryview) -> T:

@@ -256,18 +256,18 @@ class Connection:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
-    def reply_ok(self, request_id: int, body: InferReply) -> None:
+    def reply_ok(self, request_id: int, body: InferReply | bytes) -> None:
         self._answer(Kind.OK, request_id, body)
 
     def reply_error(self, request_id: int, exc: FleetinferError) -> None:
         self._answer(Kind.ERROR, request_id, error_reply(exc))
 
-    def _answer(self, kind: int, request_id: int, body: msgspec.Struct) -> None:
+    def _answer(self, kind: int, request_id: int, body: msgspec.Struct | bytes) -> None:
         """The one reply to a request `run` has read."""
         self._send(kind, request_id, body)
         self.server.count_in_flight(-1)
 
-    def _send(self, kind: int, request_id: int, body: msgspec.Struct) -> None:
+    def _send(self, kind: int, request_id: int, body: msgspec.Struct | bytes) -> None:
         data = frame(kind, request_id, body)
         with self._send_lock, contextlib.suppress(OSError):
             self.sock.sendall(data)
