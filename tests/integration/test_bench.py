@@ -65,7 +65,8 @@ def test_rates_latencies_and_cpu_are_consistent(report: dict[str, Any]) -> None:
         for r in summary["rounds"]:
             assert r["tasks_per_min"] == pytest.approx(TASKS * 60 / r["wall_s"])
             assert r["model_calls_per_s"] == pytest.approx(r["model_calls"] / r["wall_s"])
-            assert 0 < r["first_task_s"] <= r["wall_s"] <= r["run_s"]
+            assert 0 < r["first_task_s"] <= r["ramp_s"] <= r["wall_s"] <= r["run_s"]
+            assert 0 <= r["drain_s"] <= r["wall_s"] - r["ramp_s"]
             assert 0 < r["latency_p50_s"] <= r["latency_p95_s"]
             assert r["cpu_utilization"] == pytest.approx(r["cpu_s"] / (r["run_s"] * cores))
             assert 0 < r["cpu_utilization"] <= 1.05

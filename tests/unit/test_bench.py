@@ -142,6 +142,8 @@ def test_round_metrics_come_from_the_task_timestamps_cpu_and_steady_pss() -> Non
     assert m["model_calls_per_s"] == 3.0
     assert m["latency_p50_s"] == m["latency_p95_s"] == 1.0
     assert m["first_task_s"] == 1.0
+    assert m["ramp_s"] == 1.0  # one worker: its first task
+    assert m["drain_s"] == 0.0
     assert m["cpu_utilization"] == 8.0 / (5.0 * 2.0)
     assert m["cpu_s_per_task"] == 2.0
     # steady window 101..104: samples at 101.5, 102.5, 103.5; totals 150, 164, 176 MiB
@@ -270,3 +272,11 @@ def test_triton_is_unavailable_with_the_exact_reason(tmp_path: Path) -> None:
         "(Debian's /usr/bin/python3.11 venv with nvidia-pytriton, onnxruntime, numpy) and pass "
         "--pytriton-python .venv-triton/bin/python"
     )
+
+
+def test_ramp_up_and_drain_are_the_ends_of_the_run_outside_the_steady_window() -> None:
+    from fleetinfer.bench.report import ramp_and_drain
+
+    finishes = [103.0, 101.5, 102.0, 104.0, 109.0, 105.0]  # 2 workers, a long last task
+    assert ramp_and_drain(100.0, finishes, workers=2) == {"ramp_s": 2.0, "drain_s": 4.0}
+    assert ramp_and_drain(100.0, finishes, workers=4) == {"ramp_s": None, "drain_s": None}

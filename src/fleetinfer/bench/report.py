@@ -31,6 +31,10 @@ DEFINITIONS = {
     "latency_p50_s, latency_p95_s": "per task, worker start -> finish (results store); "
     "isolated-per-task: process spawned -> process exited, its whole life",
     "first_task_s": "node start -> first task finished",
+    "ramp_s, drain_s": "with finishes sorted and W workers: node start -> finish[W-1] (until "
+    "every worker could have finished a task: start-up and first tasks) and finish[n-W] -> "
+    "finish[n-1] (the last tasks, when fewer than W are left to run); the whole run minus both "
+    "is the steady window; null below 2W tasks",
     "cpu_utilization": "CPU seconds of the whole process tree over the run / (run_s x cores)",
     "cpu_s_per_task": "CPU seconds of the whole process tree over the run / succeeded tasks",
     "cpu_s_per_task_steady": "CPU seconds of the node's processes between the first and the "
@@ -96,6 +100,19 @@ def steady_tasks_per_min(finished_at: Sequence[float], workers: int) -> float | 
     return (end - begin) * 60.0 / (times[end] - times[begin])
 
 
+def ramp_and_drain(
+    started_at: float, finished_at: Sequence[float], workers: int
+) -> dict[str, float | None]:
+    """Where a whole run loses to its steady rate (definitions in DEFINITIONS)."""
+    times = sorted(finished_at)
+    if len(times) < 2 * workers:
+        return {"ramp_s": None, "drain_s": None}
+    return {
+        "ramp_s": times[workers - 1] - started_at,
+        "drain_s": times[-1] - times[len(times) - workers],
+    }
+
+
 def round_metrics(run: RoundRun, cores: float, workers: int) -> dict[str, Any]:
     """The numbers of one mode in one round."""
     ok = [t for t in run.tasks if t.error is None]
@@ -122,6 +139,7 @@ def round_metrics(run: RoundRun, cores: float, workers: int) -> dict[str, Any]:
         "latency_p50_s": percentile(latencies, 0.5),
         "latency_p95_s": percentile(latencies, 0.95),
         "first_task_s": first - run.started_at,
+        **ramp_and_drain(run.started_at, [t.finished_at for t in ok], workers),
         "run_s": run_s,
         "cpu_s": run.cpu_s,
         "cpu_s_per_task": run.cpu_s / len(ok),
@@ -167,7 +185,7 @@ def pss_metrics(run: RoundRun, first: float, last: float) -> dict[str, Any]:
 
 _MEDIANS = (
     "wall_s", "tasks_per_min", "tasks_per_min_steady", "model_calls_per_s", "latency_p50_s",
-    "latency_p95_s", "first_task_s", "cpu_s_per_task", "cpu_s_per_task_steady", "cpu_utilization", "node_pss_mib",
+    "latency_p95_s", "first_task_s", "ramp_s", "drain_s", "cpu_s_per_task", "cpu_s_per_task_steady", "cpu_utilization", "node_pss_mib",
     "node_pss_peak_mib", "worker_pss_mib", "node_fixed_pss_mib", "server_start_s",
 )  # fmt: skip
 

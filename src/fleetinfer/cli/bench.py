@@ -139,6 +139,8 @@ ROWS = (
     ("latency p50 / s", "latency_p50_s", "{:.3f}"),
     ("latency p95 / s", "latency_p95_s", "{:.3f}"),
     ("first task / s", "first_task_s", "{:.2f}"),
+    ("ramp-up / s (all workers' first tasks)", "ramp_s", "{:.2f}"),
+    ("drain / s (the last tasks)", "drain_s", "{:.2f}"),
     ("CPU utilization", "cpu_utilization", "{:.2f}"),
     ("CPU s per task", "cpu_s_per_task", "{:.3f}"),
     ("node PSS / MiB", "node_pss_mib", "{:.0f}"),
