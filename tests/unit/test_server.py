@@ -27,6 +27,7 @@ from fleetinfer.errors import (
     ServerUnavailableError,
     UnknownModelError,
 )
+from fleetinfer.server.executor import ModelExecutor
 from fleetinfer.server.server import ModelServer, ServerConfig
 from fleetinfer.server.shm import SHM_DIR, our_segments
 from tests.helpers.tiny_models import (
@@ -481,6 +482,43 @@ def test_the_slices_of_a_large_request_run_side_by_side_on_idle_instances(
         x = np.arange(32, dtype=np.float32).reshape(8, 4)
         np.testing.assert_array_equal(client.model("affine").infer({"x": x})["y"], x * 3 + 1)
         assert len(threads) == 2
+        assert _instances_given_back(server, "affine")
+
+
+def test_an_instance_that_frees_up_takes_the_slices_left_of_a_request_running_alone(
+    short_dir: Path, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain at the end of a queue: a large request that started while every instance was
+    busy runs its slices alone, until the other instance is free and helps."""
+    slices: list[tuple[float, int]] = []  # (start, thread) of each slice of the large request
+    small_done: list[float] = []
+    monkeypatch.setattr(ModelExecutor, "_plan", lambda *_, **__: None)  # through `run`
+
+    def timed(run: Run) -> Run:
+        def running(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if inputs["x"].shape[0] == 1:  # the small request that holds the other instance
+                time.sleep(0.15)
+                small_done.append(time.monotonic())
+            else:
+                slices.append((time.monotonic(), threading.get_ident()))
+                time.sleep(0.1)
+            return run(inputs)
+
+        return running
+
+    with sliced_affine(repo, short_dir / "steal.sock", 2, timed) as (server, client):
+        handle = client.model("affine")
+        small = threading.Thread(target=lambda: handle.infer({"x": np.ones((1, 4), np.float32)}))
+        small.start()
+        time.sleep(0.05)  # the small request holds one instance now
+        x = np.arange(32, dtype=np.float32).reshape(8, 4)  # 4 slices of 2, 0.1 s each
+        np.testing.assert_array_equal(handle.infer({"x": x})["y"], x * 3 + 1)
+        small.join(5)
+        assert len(slices) == 4
+        before = {thread for start, thread in slices if start < small_done[0]}
+        after = {thread for start, thread in slices if start > small_done[0]}
+        assert len(before) == 1  # alone at first: no instance was idle
+        assert after - before  # then the freed instance took slices too
         assert _instances_given_back(server, "affine")
 
 

@@ -18,13 +18,12 @@ neighbours.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -88,6 +87,45 @@ class Pending:
         return tuple(a.shape[1:] for a in self.inputs.values())
 
 
+class Spread:
+    """The slices of one large request, each taken once, by whichever instance asks next."""
+
+    def __init__(self, slices: list[Tensors]) -> None:
+        self.slices = slices
+        self.error: BaseException | None = None  # the first slice that failed
+        self.finished = threading.Event()  # every slice has run (or failed)
+        self._results: list[Tensors | None] = [None] * len(slices)
+        self._taken = 0
+        self._unfinished = len(slices)
+        self._lock = threading.Lock()
+
+    def has_slices_left(self) -> bool:
+        return self._taken < len(self.slices)
+
+    def work(self, run: Callable[[Tensors], Tensors]) -> None:
+        """Run untaken slices until none is left."""
+        while (i := self._take()) is not None:
+            try:
+                self._results[i] = run(self.slices[i])
+            except BaseException as exc:
+                self.error = self.error or exc
+            finally:
+                with self._lock:
+                    self._unfinished -= 1
+                    if not self._unfinished:
+                        self.finished.set()
+
+    def results(self) -> list[Tensors]:
+        return [r for r in self._results if r is not None]
+
+    def _take(self) -> int | None:
+        with self._lock:
+            if self._taken >= len(self.slices):
+                return None
+            self._taken += 1
+            return self._taken - 1
+
+
 class ModelExecutor:
     """Runs one `OrtModel` for many connections, batching what queues up."""
 
@@ -105,6 +143,7 @@ class ModelExecutor:
         self._busy = 0
         self._closed = False
         self._helpers: ThreadPoolExecutor | None = None  # runs slices on idle instances
+        self._spreads: list[Spread] = []  # sliced requests running now
         self._threads = [
             threading.Thread(
                 target=self._serve_queue, name=f"batcher-{self.config.name}-{i}", daemon=True
@@ -146,10 +185,30 @@ class ModelExecutor:
             thread.join(timeout_s)
 
     def _release(self, instances: int = 1) -> None:
+        """Give back `instances`: to the batchers when requests are queued, else to a sliced
+        request still running whose slices are not all taken (they help it), else idle."""
         with self._cond:
             self._busy -= instances
             if self._queue or self._closed:  # wake batchers only when there is work for them
                 self._cond.notify(instances)
+                return
+            spread = self._spread_with_slices_left()
+            if spread is None:
+                return
+            self._busy += instances
+        self._start_helpers(spread, instances)
+
+    def _start_helpers(self, spread: Spread, instances: int) -> None:
+        """One helper thread per claimed instance; a claim no thread could take is given back."""
+        started = 0
+        try:
+            pool = self._helper_pool()
+            for _ in range(instances):
+                pool.submit(self._help, spread)
+                started += 1
+        except RuntimeError:  # the pool shut down: this executor closed meanwhile
+            with self._cond:
+                self._busy -= instances - started
 
     def _serve_queue(self) -> None:
         while True:
@@ -231,49 +290,55 @@ class ModelExecutor:
     def _run_in_chunks(self, inputs: Tensors) -> Tensors:
         """One run, or, for a request above the merge limit, one run per slice of at most that
         many samples, as few slices as that takes, of even sizes: the activation memory ONNX
-        Runtime keeps stays that of the limit. Slices run side by side on the instances that are
-        idle when nothing else is queued."""
+        Runtime keeps stays that of the limit. The slices are taken one at a time by this thread
+        and by every instance that is idle, now or once it frees up, while nothing is queued."""
         total = next(iter(inputs.values())).shape[0] if self.batchable else 0
         if total <= self.merge_limit:
             return self.model.run(inputs)
-        return joined(self._run_spread(even_slices(inputs, self.merge_limit)))
-
-    def _run_spread(self, slices: list[Tensors]) -> list[Tensors]:
-        """Run `slices` on this thread and on as many idle instances as help, in order."""
-        helpers = self._claim_idle(len(slices) - 1)
-        if helpers == 0:
-            return [self.model.run(part) for part in slices]
-        results: list[Tensors | None] = [None] * len(slices)
-        indexes = itertools.count()  # next() on it is atomic: each slice runs once
-
-        def work() -> None:
-            while (i := next(indexes)) < len(slices):
-                results[i] = self.model.run(slices[i])
-
-        futures = [self._helper_pool().submit(work) for _ in range(helpers)]
+        spread = Spread(even_slices(inputs, self.merge_limit))
+        with self._cond:
+            self._spreads.append(spread)
+            helpers = self._claim_idle(len(spread.slices) - 1)
         try:
-            work()
+            self._start_helpers(spread, helpers)
+            spread.work(self.model.run)
         finally:
-            failures = [f.exception() for f in futures]  # waits: the instances are ours till then
-            self._release(helpers)
-        for failure in failures:
-            if failure is not None:
-                raise failure
-        return [r for r in results if r is not None]
+            with self._cond:
+                self._spreads.remove(spread)
+        spread.finished.wait()  # slices other instances took: they answer shortly
+        if spread.error is not None:
+            raise spread.error
+        return joined(spread.results())
+
+    def _help(self, spread: Spread) -> None:
+        """On a helper thread holding one instance: run slices of `spread`, then of any other
+        sliced request with slices left, then give the instance back."""
+        current: Spread | None = spread
+        while current is not None:
+            current.work(self.model.run)
+            with self._cond:
+                current = None if self._queue or self._closed else self._spread_with_slices_left()
+                if current is None:
+                    self._busy -= 1
+                    if self._queue or self._closed:
+                        self._cond.notify()
+
+    def _spread_with_slices_left(self) -> Spread | None:
+        return next((sp for sp in self._spreads if sp.has_slices_left()), None)
 
     def _claim_idle(self, wanted: int) -> int:
-        with self._cond:
-            if self._queue or self._closed:
-                return 0
-            claimed = max(0, min(wanted, self.instances - self._busy))
-            self._busy += claimed
-            return claimed
+        """Claim up to `wanted` idle instances (none while requests are queued); under the lock."""
+        if self._queue or self._closed:
+            return 0
+        claimed = max(0, min(wanted, self.instances - self._busy))
+        self._busy += claimed
+        return claimed
 
     def _helper_pool(self) -> ThreadPoolExecutor:
         with self._cond:
             if self._helpers is None:
                 self._helpers = ThreadPoolExecutor(
-                    self.instances - 1, thread_name_prefix=f"slices-{self.config.name}"
+                    self.instances, thread_name_prefix=f"slices-{self.config.name}"
                 )
             return self._helpers
 
