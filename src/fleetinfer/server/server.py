@@ -263,9 +263,10 @@ class Connection:
         self._answer(Kind.ERROR, request_id, error_reply(exc))
 
     def _answer(self, kind: int, request_id: int, body: msgspec.Struct | bytes) -> None:
-        """The one reply to a request `run` has read."""
-        self._send(kind, request_id, body)
+        """The one reply to a request `run` has read; counted out first, so that a client that
+        has its reply never sees the request still in flight."""
         self.server.count_in_flight(-1)
+        self._send(kind, request_id, body)
 
     def _send(self, kind: int, request_id: int, body: msgspec.Struct | bytes) -> None:
         data = frame(kind, request_id, body)
