@@ -177,14 +177,17 @@ def test_bad_input_and_configuration_exit_with_their_named_codes(
     assert message in " ".join(done.stderr.split())
 
 
-def test_with_preload_the_zygote_counts_in_the_node_and_workers_stay_workers(
-    tmp_path: Path,
+def test_the_zygote_counts_in_the_node_and_with_no_preload_there_is_none(
+    report: dict[str, Any], tmp_path: Path
 ) -> None:
-    report = bench(tmp_path, "--tasks", "6", "--rounds", "1", "--modes", "shared", "--preload")
+    assert report["bench"]["preload"] is True  # the default, as `fleetinfer run`
+    for mode in NODE_MODES:
+        roles = report["modes"][mode]["pss_mib"]
+        assert roles["zygote"] > 0
+        assert {f"worker_{i}" for i in range(1, WORKERS + 1)} <= set(roles)
     shared = report["modes"]["shared"]
-    assert report["bench"]["preload"] is True
-    assert shared["succeeded_per_round"] == [6]
-    roles = shared["pss_mib"]
-    assert roles["zygote"] > 0
-    assert {f"worker_{i}" for i in range(1, WORKERS + 1)} <= set(roles)
-    assert shared["node_pss_mib"] >= roles["zygote"] + roles["model_server"]
+    assert shared["node_pss_mib"] >= shared["pss_mib"]["zygote"] + shared["pss_mib"]["model_server"]
+    fresh = bench(tmp_path, "--tasks", "6", "--rounds", "1", "--modes", "shared", "--no-preload")
+    assert fresh["bench"]["preload"] is False
+    assert fresh["modes"]["shared"]["succeeded_per_round"] == [6]
+    assert "zygote" not in fresh["modes"]["shared"]["pss_mib"]

@@ -37,13 +37,16 @@ def queue_url(
 def test_random_worker_kills_lose_no_task_and_duplicate_no_result(
     queue_url: str, tmp_path: Path
 ) -> None:
+    """Workers forked from the zygote (the default); they crash and are forked again."""
     crash_workers_through_a_job(queue_url, tmp_path)
 
 
-def test_killing_workers_forked_from_the_zygote_loses_no_task_either(tmp_path: Path) -> None:
-    """`--preload`: workers forked from one preloaded process; they crash and restart the same."""
+def test_killing_workers_started_as_fresh_interpreters_loses_no_task_either(
+    tmp_path: Path,
+) -> None:
+    """`--no-preload`: each worker its own interpreter; they crash and restart the same."""
     crash_workers_through_a_job(
-        f"sqlite:///{tmp_path}/queue.db?{QUEUE_OPTIONS}", tmp_path, "--preload"
+        f"sqlite:///{tmp_path}/queue.db?{QUEUE_OPTIONS}", tmp_path, "--no-preload"
     )
 
 

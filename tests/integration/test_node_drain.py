@@ -31,8 +31,8 @@ def urls(tmp_path: Path) -> tuple[str, str]:
 
 @pytest.fixture(params=["fresh", "preload"])
 def start(request: pytest.FixtureRequest) -> tuple[str, ...]:
-    """Workers started as fresh interpreters, or forked from the zygote (`--preload`)."""
-    return ("--preload",) if request.param == "preload" else ()
+    """Workers started as fresh interpreters (`--no-preload`), or forked from the zygote."""
+    return ("--preload",) if request.param == "preload" else ("--no-preload",)
 
 
 def sigterm_with_two_in_flight(

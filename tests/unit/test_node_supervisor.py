@@ -86,6 +86,25 @@ def test_forked_workers_share_the_zygotes_pages_and_it_goes_with_them(tmp_path: 
     wait_for(lambda: not Path(f"/proc/{zygote}").exists(), 10, "the zygote to exit")
 
 
+def test_a_task_module_that_starts_threads_on_import_gets_fresh_workers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    supervisor = Supervisor(_config(tmp_path, "tests.apps.threaded:app"), preload=True)
+    with caplog.at_level("WARNING", logger="fleetinfer.node"):
+        supervisor.scale_to(2)
+    try:
+        wait_for(lambda: supervisor.alive() == 2, 30, "two workers")
+        assert not supervisor.preload
+        assert supervisor.zygote_pid is None
+        for pid in supervisor.pids():
+            assert _parent(pid) == os.getpid()  # started by us, not forked by a zygote
+        assert "import-time-poller" in caplog.text
+        assert "--no-preload" in caplog.text
+    finally:
+        supervisor.stop(grace_s=5)
+    assert supervisor.alive() == 0
+
+
 def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 

@@ -64,7 +64,7 @@ class BenchConfig:
     threads: int = 0  # 0: the usable cores
     pytriton_python: Path | None = None
     server_instances: int = 0  # 0: one per thread of the budget
-    preload: bool = False  # node modes: workers forked from a preloaded zygote (`run --preload`)
+    preload: bool = True  # node modes: workers forked from a preloaded zygote, as `run` does
     calibration_tasks: int = 5
     sample_interval_s: float = 0.25
 

@@ -70,11 +70,11 @@ def bench(
     preload: Annotated[
         bool,
         typer.Option(
-            "--preload",
-            help="Node modes: fork workers from one process that imported the task once "
-            "(as `fleetinfer run --preload`).",
+            "--preload/--no-preload",
+            help="Node modes: fork workers from one process that imported the task once, as "
+            "`fleetinfer run` does (--no-preload: fresh interpreters).",
         ),
-    ] = False,
+    ] = True,
     calibration_tasks: Annotated[
         int, typer.Option("--calibration-tasks", min=1, help="Warm tasks measured for the limit.")
     ] = 5,

@@ -76,10 +76,12 @@ def run(
     preload: Annotated[
         bool,
         typer.Option(
-            "--preload",
-            help="Fork workers from one process that imported the task once (less memory each).",
+            "--preload/--no-preload",
+            help="Fork workers from one process that imported the task once (less memory each); "
+            "--no-preload starts each as a fresh interpreter. A task module that starts threads "
+            "when imported gets fresh workers either way, with a warning.",
         ),
-    ] = False,
+    ] = True,
     json_output: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every task.")] = False,
 ) -> None:

@@ -72,7 +72,7 @@ class NodeConfig:
     poll_interval_s: float = 0.2
     verbose: bool = False
     server_intra_op_threads: int | None = None
-    preload_workers: bool = False  # fork workers from a zygote that imported the task once
+    preload_workers: bool = True  # fork workers from a zygote that imported the task once
     server_instance_count: int | None = None
     worker_intra_op_threads: int | None = None
     triton_url: str | None = None

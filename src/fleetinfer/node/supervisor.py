@@ -1,10 +1,11 @@
 """Worker processes: start N, restart crashed ones with exponential backoff, stop them gracefully.
 
-Each worker is a fresh interpreter (`python -m fleetinfer.node.process`), so it inherits no open
-broker connection, socket or lock from the agent; its only inherited descriptor is the write end
-of a pipe on which it reports JSON-line events, read here by one thread per worker. With
-`preload`, workers are forked instead from a zygote process that imported the worker runtime and
-the task's module once (`zygote.py`): the same worker, sharing those pages with its siblings.
+With `preload` (the default) workers are forked from a zygote process that imported the worker
+runtime and the task's module once (`zygote.py`), so they share those pages; without it, or when
+the zygote refuses (the task's module started threads when imported), each worker is a fresh
+interpreter (`python -m fleetinfer.node.process`). Either way a worker inherits no open broker
+connection, socket or lock from the agent; its only inherited descriptor is the write end of a
+pipe on which it reports JSON-line events, read here by one thread per worker.
 
 A worker that dies while the node is not draining is started again after a delay that doubles
 with each quick death (base, 2×base … max), and resets once a worker has lived `stable_s`. A
@@ -29,7 +30,7 @@ from fleetinfer.errors import ConfigError
 from fleetinfer.node.events import read_events
 from fleetinfer.node.process import EXIT_CONFIG
 from fleetinfer.node.worker import WorkerConfig
-from fleetinfer.node.zygote import ForkedWorker, Zygote
+from fleetinfer.node.zygote import ForkedWorker, PreloadRefusedError, Zygote
 
 log = logging.getLogger("fleetinfer.node")
 
@@ -84,7 +85,7 @@ class Supervisor:
         on_restart: Callable[[int], None] | None = None,
         policy: RestartPolicy | None = None,
         verbose: bool = False,
-        preload: bool = False,
+        preload: bool = True,
     ) -> None:
         self.config = config
         self.preload = preload
@@ -113,9 +114,8 @@ class Supervisor:
     def _start(self, slot: _Slot) -> None:
         read_fd, write_fd = os.pipe()
         try:
-            if self.preload:
-                slot.process = self._zygote_process().spawn(write_fd)
-            else:
+            slot.process = self._forked(write_fd) if self.preload else None
+            if slot.process is None:
                 slot.process = subprocess.Popen(
                     self._command(write_fd),
                     pass_fds=(write_fd,),
@@ -137,6 +137,18 @@ class Supervisor:
             daemon=True,
         )
         slot.reader.start()
+
+    def _forked(self, events_fd: int) -> ForkedWorker | None:
+        """A worker forked by the zygote; None (from now on) if the zygote refused to fork."""
+        try:
+            return self._zygote_process().spawn(events_fd)
+        except PreloadRefusedError as exc:
+            log.warning("not preloading workers: %s", exc)
+            self.preload = False
+            zygote, self._zygote = self._zygote, None
+            if zygote is not None:
+                zygote.close()
+            return None
 
     def _zygote_process(self) -> Zygote:
         if self._zygote is None:

@@ -15,8 +15,14 @@ The supervisor and the zygote talk over a SOCK_SEQPACKET socket pair, one messag
     zygote -> supervisor   {"pid": N}                 the worker forked for that request
     zygote -> supervisor   {"exited": N, "code": C}   a worker ended (C as Popen: -signal if killed)
 
-The zygote is single-threaded (so forking it is safe), exits when the supervisor closes its end,
-and dies with the agent; its workers drain when it dies (`process._die_with_parent`).
+    zygote -> supervisor   {"refused": why}           it will not fork: the answer to every spawn
+
+The zygote forks from its only Python thread. If importing the task's module started other
+Python threads (a client pool, a background poller), a fork would copy none of them and leave
+whatever locks they held locked in every worker; the zygote then refuses, and the supervisor
+starts the node's workers as fresh interpreters, with a warning that says why. The zygote exits
+when the supervisor closes its end, and dies with the agent; its workers drain when it dies
+(`process._die_with_parent`).
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     process._die_with_parent()
     _preload(args.config)
+    threads = _threads_started_by_imports()
+    if threads:
+        _refuse(control, _refusal(threads))
+        return 0
     gc.freeze()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -108,6 +118,30 @@ def _preload(config_json: str) -> None:
         resolve_target(config.target)
     except Exception as exc:  # reported by each worker, with the exit code that stops the node
         log.debug("zygote: the task's module did not import: %s", exc)
+
+
+def _threads_started_by_imports() -> list[str]:
+    """Python threads running besides this one: a fork copies only the forking thread, so locks
+    those threads hold would stay locked in every worker. (Native pools that guard themselves
+    against fork, as OpenBLAS's, are not Python threads and do not count.)"""
+    main = threading.main_thread()
+    return sorted(t.name for t in threading.enumerate() if t is not main)
+
+
+def _refuse(control: socket.socket, why: str) -> None:
+    """Answer every spawn request with `why` until the supervisor closes its end."""
+    while (events_fd := _receive_spawn(control)) is not None:
+        os.close(events_fd)
+        control.send(json.dumps({"refused": why}).encode())
+
+
+def _refusal(threads: list[str]) -> str:
+    return (
+        f"importing the task's module started {len(threads)} thread(s) "
+        f"({', '.join(threads)[:200]}), which a forked worker would inherit half-alive: workers "
+        "start as fresh interpreters instead (start those threads on first use, or pass "
+        "--no-preload to say so)"
+    )
 
 
 def _receive_spawn(control: socket.socket) -> int | None:
@@ -194,6 +228,10 @@ class ForkedWorker:
             self.send_signal(signal.SIGKILL)
 
 
+class PreloadRefusedError(Exception):
+    """The zygote will not fork workers (its imports started threads): start fresh ones."""
+
+
 class Zygote:
     """Starts the zygote process, asks it for workers and learns how they end."""
 
@@ -210,6 +248,7 @@ class Zygote:
         self._process: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._pids: queue.Queue[int | None] = queue.Queue()
+        self.refused: str | None = None  # why the zygote will not fork workers, once it said so
 
     @property
     def pid(self) -> int | None:
@@ -218,6 +257,8 @@ class Zygote:
     def spawn(self, events_fd: int) -> ForkedWorker:
         """A new worker writing its events to `events_fd` (the caller closes its copy)."""
         with self._lock:
+            if self.refused is not None:
+                raise PreloadRefusedError(self.refused)
             if self._process is None or self._process.poll() is not None:
                 self._start()
             assert self._sock is not None
@@ -228,6 +269,8 @@ class Zygote:
             except (OSError, queue.Empty) as exc:
                 raise TransientError(f"the worker zygote did not fork a worker: {exc}") from exc
             if pid is None:
+                if self.refused is not None:
+                    raise PreloadRefusedError(self.refused)
                 raise TransientError("the worker zygote exited; it restarts on the next spawn")
             worker = ForkedWorker(pid)
             with self._state:
@@ -279,6 +322,9 @@ class Zygote:
             message = json.loads(data)
             if "pid" in message:
                 pids.put(int(message["pid"]))
+            elif "refused" in message:
+                self.refused = str(message["refused"])
+                pids.put(None)  # the answer to the spawn request
             else:
                 self._exited(int(message["exited"]), int(message["code"]))
         pids.put(None)
