@@ -142,7 +142,7 @@ def serve_commands(
 
 def zygote_main(mode: str, target: str, model: str, threads: int) -> None:
     """`server_bench.py zygote ...`: import what a worker of `mode` imports, once, then fork one
-    worker per `fork IN OUT` line (two FIFOs), as `fleetinfer run --preload` forks a node's
+    worker per `fork IN OUT` line (two FIFOs), as `fleetinfer run` forks a node's
     workers from its zygote; answers each with the child's pid."""
     import gc
 
@@ -460,9 +460,9 @@ def _memory(repo: Path, tmp: Path, args: argparse.Namespace, model: str) -> dict
 
 
 def _forked_memory(repo: Path, sock: Path, folder: Path, model: str, n: int) -> dict[str, Any]:
-    """The same, each mode's workers forked from a zygote that imported what they import
-    (`fleetinfer run --preload`); each worker still loads its own model (in process) or
-    connects on its own (shared) after the fork. Totals include the zygote."""
+    """The same, each mode's workers forked from a zygote that imported what they import (as
+    `fleetinfer run` starts a node's workers by default); each worker still loads its own model
+    (in process) or connects on its own (shared) after the fork. Totals include the zygote."""
     with workers("inprocess", repo, model, 1, n, forked_in=folder) as local:
         inprocess = _total_pss(local)
     with workers("shared", sock, model, 1, n, forked_in=folder) as shared:
