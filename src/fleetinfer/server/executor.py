@@ -10,10 +10,10 @@ batch of CDNet runs 1.04 to 1.17 times faster per sample than its parts (batch 2
 `server_bench.py`'s batching row), `cdnet-l` no faster at all: merging what is queued is worth
 it, waiting for more is not. The memory ONNX Runtime keeps for activations grows with the
 largest batch it has run: a preferred size caps that memory, and a single request above it runs
-as even slices of at most that size, side by side on the instances that are idle, and on
-those that free up while it runs, as long as nothing is queued. Outputs are written straight into each client's region and each client gets its own
-reply. A failed merged batch is retried request by request, so one bad request cannot fail its
-neighbours.
+as even slices of at most that size, side by side on the instances that are idle, and on those
+that free up while it runs, as long as nothing is queued. Outputs are written straight into each
+client's region and each client gets its own reply. A failed merged batch is retried request by
+request, so one bad request cannot fail its neighbours.
 """
 
 from __future__ import annotations
