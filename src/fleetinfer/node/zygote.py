@@ -14,7 +14,6 @@ The supervisor and the zygote talk over a SOCK_SEQPACKET socket pair, one messag
     supervisor -> zygote   b"spawn", with the write end of the worker's event pipe (SCM_RIGHTS)
     zygote -> supervisor   {"pid": N}                 the worker forked for that request
     zygote -> supervisor   {"exited": N, "code": C}   a worker ended (C as Popen: -signal if killed)
-
     zygote -> supervisor   {"refused": why}           it will not fork: the answer to every spawn
 
 The zygote forks from its only Python thread. If importing the task's module started other
