@@ -84,7 +84,7 @@ def train(
         list[Preset] | None, typer.Option(help="presets to train on (repeat)")
     ] = None,
     seed: Annotated[int, typer.Option(help="training seed, 1000..89999")] = 1000,
-    variant: Annotated[str, typer.Option(help="cdnet or cdnet-l")] = "cdnet",
+    variant: Annotated[str, typer.Option(help="cdnet, cdnet-l or cdnet-h")] = "cdnet",
     segments: Annotated[int, typer.Option(min=1, help="training segments per preset")] = 600,
     val_segments: Annotated[int, typer.Option(min=1, help="validation segments per preset")] = 100,
     steps: Annotated[int, typer.Option(min=0, help="optimizer steps")] = 3000,

@@ -11,9 +11,11 @@ anywhere in the window) feed three heads:
 - `remap_logit`   (batch,)   the change is structural (the lane graph must be re-mapped);
 - `type_logits`   (batch, 7) which change (index into `roadchange.world.CHANGE_TYPES`).
 
-Width, depth, stem stride and input size are parameters. `cdnet` is the shipped model; `cdnet-l`
-keeps the weights but runs its stem at full resolution (stride 1), which multiplies the FLOPs by
-about 16: it exists for throughput benchmarks only.
+Width, depth, stem stride, input size and the neck (the MLP between pooling and the heads) are
+parameters. `cdnet` is the shipped model; `cdnet-l` keeps the weights but runs its stem at full
+resolution (stride 1), which multiplies the FLOPs by about 16; `cdnet-h` is `cdnet-l` with a neck of
+two 8,192-wide layers, 71 M parameters (285 MB in fp32) that cost little compute: a model whose
+weights, as the production model's, weigh more than a worker process. Both exist for benchmarks only.
 
 This module imports torch; the runtime (pipeline, evaluation) never does.
 """
@@ -32,7 +34,7 @@ from torch import nn
 N_CHANGE_TYPES = 7
 INPUT_NAME = "raster"
 OUTPUT_NAMES: tuple[str, ...] = ("changed_logit", "remap_logit", "type_logits")
-VARIANTS: tuple[str, ...] = ("cdnet", "cdnet-l")
+VARIANTS: tuple[str, ...] = ("cdnet", "cdnet-l", "cdnet-h")
 OPSET = 17
 
 
@@ -46,9 +48,11 @@ class CDNetConfig:
     layers_per_stage: int = 2
     stem_stride: int = 4
     n_types: int = N_CHANGE_TYPES
+    neck_width: int = 0  # 0: half the pooled features
+    neck_layers: int = 1
 
     def __post_init__(self) -> None:
-        if self.in_channels < 1 or self.n_types < 2 or not self.widths:
+        if self.in_channels < 1 or self.n_types < 2 or not self.widths or self.neck_layers < 1:
             raise ValueError(f"invalid CDNet shape: {self}")
         if self.input_px % (self.stem_stride * 2 ** (len(self.widths) - 1)) != 0:
             raise ValueError(
@@ -67,12 +71,15 @@ class CDNetConfig:
 
 
 def variant_config(name: str, *, in_channels: int = 9, input_px: int = 128) -> CDNetConfig:
-    """The named variant: `cdnet` (shipped) or `cdnet-l` (16x the FLOPs, benchmarks)."""
+    """The named variant: `cdnet` (shipped), `cdnet-l` (16x the FLOPs) or `cdnet-h` (`cdnet-l`
+    with 285 MB of weights); the last two for benchmarks."""
     base = CDNetConfig(in_channels=in_channels, input_px=input_px)
     if name == "cdnet":
         return base
     if name == "cdnet-l":
         return replace(base, stem_stride=1)
+    if name == "cdnet-h":
+        return replace(base, stem_stride=1, neck_width=8192, neck_layers=2)
     raise ValueError(f"unknown CDNet variant {name!r}: expected one of {VARIANTS}")
 
 
@@ -120,10 +127,18 @@ class CDNet(nn.Module):
             )
         )
         features = 2 * config.widths[-1]
-        self.neck = nn.Sequential(nn.Linear(features, features // 2), nn.ReLU(inplace=True))
-        self.changed_head = nn.Linear(features // 2, 1)
-        self.remap_head = nn.Linear(features // 2, 1)
-        self.type_head = nn.Linear(features // 2, config.n_types)
+        width = config.neck_width or features // 2
+        sizes = (features, *(width,) * config.neck_layers)
+        self.neck = nn.Sequential(
+            *(
+                layer
+                for i in range(config.neck_layers)
+                for layer in (nn.Linear(sizes[i], sizes[i + 1]), nn.ReLU(inplace=True))
+            )
+        )
+        self.changed_head = nn.Linear(width, 1)
+        self.remap_head = nn.Linear(width, 1)
+        self.type_head = nn.Linear(width, config.n_types)
 
     def forward(self, raster: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.stages(self.stem(raster))

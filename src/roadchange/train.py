@@ -61,6 +61,7 @@ VALIDATION_SEED = 900
 EVALUATION_SEEDS = {"default": 424242, "hard": 434343}
 PRESETS: tuple[str, ...] = ("default", "hard")
 MAX_BATCH_SIZE = 64
+PREFERRED_BATCH_SIZE = 8  # the server (and the in-process client) run larger batches as slices
 
 Log = Callable[[str], None]
 Array = np.ndarray[Any, Any]
@@ -399,7 +400,8 @@ def render_config(name: str, config: CDNetConfig, sha256: str) -> str:
     lines += [
         "[batching]",
         "max_queue_delay_us = 0",
-        "preferred_batch_sizes = []",
+        f"preferred_batch_sizes = [{PREFERRED_BATCH_SIZE}]  # caps the batch run at once, and the "
+        "activation memory it needs",
         "",
         "[instances]",
         "count = 1",

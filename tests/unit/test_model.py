@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,26 @@ def test_cdnet_l_needs_at_least_ten_times_the_flops_of_cdnet() -> None:
     small = count_flops(build_model(variant_config("cdnet"), seed=0))
     large = count_flops(build_model(variant_config("cdnet-l"), seed=0))
     assert large >= 10 * small
+
+
+def test_cdnet_h_is_cdnet_l_with_a_neck_whose_weights_outweigh_a_worker() -> None:
+    light, heavy = variant_config("cdnet-l"), variant_config("cdnet-h")
+    assert (heavy.stem_stride, heavy.widths) == (light.stem_stride, light.widths)
+    params = parameter_count(build_model(heavy, seed=0))
+    assert 250 * 2**20 <= 4 * params <= 300 * 2**20  # fp32 bytes: 285 MB
+    neck = 2 * 256 * 8192 + 8192 + 8192 * 8192 + 8192  # two layers: weights and biases
+    heads = (8192 + 1) * (1 + 1 + 7)
+    light_neck_and_heads = (512 * 256 + 256) + (256 + 1) * 9
+    assert (
+        params == parameter_count(build_model(light, seed=0)) - light_neck_and_heads + neck + heads
+    )
+
+
+def test_a_deeper_wider_neck_keeps_the_outputs_shapes() -> None:
+    model = build_model(replace(SMALL, neck_width=24, neck_layers=3), seed=0).eval()
+    changed, remap, types = model(torch.zeros(2, 5, 64, 64))
+    assert (changed.shape, remap.shape, types.shape) == ((2,), (2,), (2, 7))
+    assert [m.out_features for m in model.neck if isinstance(m, nn.Linear)] == [24, 24, 24]
 
 
 def test_flop_counter_matches_a_hand_count_for_one_conv_and_one_linear() -> None:

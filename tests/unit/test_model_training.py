@@ -95,4 +95,5 @@ def test_rendered_config_is_read_by_the_fleetinfer_repository_loader(tmp_path: P
         ("type_logits", (-1, 7)),
     ]
     assert config.sha256 == {1: digest}
+    assert config.batching.preferred_batch_sizes == (8,)  # as the shipped models: run in slices
     assert tomllib.loads((folder / "config.toml").read_text())["max_batch_size"] == 64
