@@ -160,16 +160,12 @@ class OrtModel:
             providers=self.providers,
         )
         self.output_names = [spec.name for spec in model.config.outputs]
-
-    @property
-    def slice_limit(self) -> int | None:
-        """The most samples run at once (the largest preferred batch size: it caps the activation
-        memory ONNX Runtime keeps); None when the model has no batch axis to slice."""
-        specs = self.config.inputs + self.config.outputs
-        preferred = self.config.batching.preferred_batch_sizes
-        if not preferred or any(s.shape[0] != -1 for s in specs):
-            return None
-        return max(preferred)
+        specs = model.config.inputs + model.config.outputs
+        self.batchable = all(s.shape[0] == -1 for s in specs)  # every tensor has a batch axis
+        preferred = model.config.batching.preferred_batch_sizes
+        # the most samples run at once (the largest preferred batch size: it caps the activation
+        # memory ONNX Runtime keeps); None when there is no batch axis to slice or no preference
+        self.slice_limit = max(preferred) if preferred and self.batchable else None
 
     def infer(self, inputs: Mapping[str, Any]) -> Tensors:
         """Validate and run; a batch above `slice_limit` runs as even slices, one after the
