@@ -23,6 +23,7 @@ from fleetinfer.client import InProcessModelClient, ModelClient, SharedModelClie
 from fleetinfer.errors import (
     InferenceError,
     InvalidInputError,
+    MalformedMessageError,
     PayloadTooLargeError,
     ServerUnavailableError,
     UnknownModelError,
@@ -108,6 +109,23 @@ def test_a_repeated_request_layout_reads_fresh_inputs_every_time(
         assert handle.infer({"x": x})["y"].tolist() == [[i * 3.0 + 1.0] * 4]  # version 2
     (connection,) = list(server._connections)
     assert len(connection.prepared._layouts) == 1  # one layout, reused 19 times
+
+
+def test_a_region_shrunk_under_a_cached_layout_is_refused_before_it_is_read(
+    client: SharedModelClient, server: ModelServer
+) -> None:
+    handle, x = client.model("affine"), np.ones((1, 4), np.float32)
+    handle.infer({"x": x})  # the layout is cached now
+    region = client._channel().region
+    os.ftruncate(region.fd, region.size_bytes // 2)  # the inputs stay in the first half
+    with pytest.raises(MalformedMessageError, match="shrank"):
+        handle.infer({"x": x})
+    assert server.registry.resolve("affine")._busy == 0
+    fresh = SharedModelClient(server.config.socket_path)
+    try:
+        assert fresh.model("affine").infer({"x": x})["y"].tolist() == [[4.0] * 4]
+    finally:
+        fresh.close()
 
 
 def test_a_cached_request_layout_follows_a_version_change(client: SharedModelClient) -> None:

@@ -133,7 +133,7 @@ class ModelExecutor:
         self.model, self.config, self.stats = model, model.config, stats
         self.version = model.model.version
         self.instances = max(1, instances or self.config.instance_count)
-        self.batchable = all(s.shape[0] == -1 for s in self.config.inputs + self.config.outputs)
+        self.batchable = model.batchable
         self.delay_ns = self.config.batching.max_queue_delay_us * 1000
         preferred = self.config.batching.preferred_batch_sizes
         self.merge_limit = max(preferred) if preferred else self.config.max_batch_size
@@ -265,6 +265,8 @@ class ModelExecutor:
         """Run `batch` as one model execution and answer each request."""
         start_ns = time.perf_counter_ns()
         try:
+            for p in batch:  # right before the inputs are read: no region may have shrunk
+                p.region.check_intact()
             small = len(batch) == 1 and batch[0].batch <= self.merge_limit
             if small and self._try_direct(batch[0], start_ns):
                 return
@@ -383,7 +385,6 @@ class ModelExecutor:
         if not plan.lock.acquire(blocking=False):
             return False  # the same layout already runs (a client pipelining): copy this one
         try:
-            p.region.check_intact()
             self.model.session.run_with_iobinding(plan.binding)
         except Exception as exc:  # e.g. the model's output shape is not the configured one
             log.warning(

@@ -9,7 +9,8 @@ only the tensor contents change), so a connection keeps the `Prepared` form of t
 seen (`PreparedCache`) and skips decoding and validation when one comes again. What could make a
 cached layout wrong invalidates it: a new region (the cache is per region), a model loaded,
 unloaded or reloaded (the registry's generation), a closed executor (`submit` refuses). The region
-file is still checked against shrinking on every request, before memory is read.
+file is still checked against shrinking on every request, right before memory is read (by the
+executor, once per execution).
 """
 
 from __future__ import annotations
@@ -46,8 +47,7 @@ class Prepared:
     slot: PlanSlot = field(default_factory=PlanSlot)
 
     def pending(self, sink: ReplySink, request_id: int) -> Pending:
-        """This layout as one request; checks the region file has not shrunk since."""
-        self.region.check_intact()
+        """This layout as one request (the executor checks the region before it reads)."""
         return Pending(
             sink=sink,
             request_id=request_id,

@@ -350,12 +350,7 @@ class Connection:
 
     def _run(self, prepared: Prepared, request_id: int) -> bool:
         """Run a validated layout as this request; False if its executor closed meanwhile."""
-        try:
-            pending = prepared.pending(self, request_id)
-        except FleetinferError:  # the region shrank under us
-            prepared.executor.stats.failed()
-            raise
-        return prepared.executor.submit(pending)
+        return prepared.executor.submit(prepared.pending(self, request_id))
 
     def _attach(self, attach: Attach) -> None:
         region = SharedRegion.attach(
