@@ -187,16 +187,21 @@ class ModelExecutor:
     def _release(self, instances: int = 1) -> None:
         """Give back `instances`: to the batchers when requests are queued, else to a sliced
         request still running whose slices are not all taken (they help it), else idle."""
+        spread = self._reassign(instances)
+        if spread is not None:
+            self._start_helpers(spread, instances)
+
+    def _reassign(self, instances: int) -> Spread | None:
+        """Free `instances`, or keep them for the sliced request they should help (returned)."""
         with self._cond:
             self._busy -= instances
             if self._queue or self._closed:  # wake batchers only when there is work for them
                 self._cond.notify(instances)
-                return
+                return None
             spread = self._spread_with_slices_left()
-            if spread is None:
-                return
-            self._busy += instances
-        self._start_helpers(spread, instances)
+            if spread is not None:
+                self._busy += instances
+            return spread
 
     def _start_helpers(self, spread: Spread, instances: int) -> None:
         """One helper thread per claimed instance; a claim no thread could take is given back."""
@@ -318,12 +323,7 @@ class ModelExecutor:
         current: Spread | None = spread
         while current is not None:
             current.work(self.model.run)
-            with self._cond:
-                current = None if self._queue or self._closed else self._spread_with_slices_left()
-                if current is None:
-                    self._busy -= 1
-                    if self._queue or self._closed:
-                        self._cond.notify()
+            current = self._reassign(1)
 
     def _spread_with_slices_left(self) -> Spread | None:
         return next((sp for sp in self._spreads if sp.has_slices_left()), None)
