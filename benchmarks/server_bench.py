@@ -6,7 +6,11 @@ Rows (one JSON object on stdout, or in --json):
   against W client processes of one server running W concurrent executions of T threads (the same
   total threads). Variants interleaved (A B A B ...) over the rounds; medians and their ratio.
   The shared clients run twice: inputs as plain numpy arrays (copied into shared memory per
-  call) and written in place into `handle.empty()` arrays, as a fleetinfer task would.
+  call) and written in place into `handle.empty()` arrays, as a fleetinfer task would. A third
+  variant, `relay`, is the bound of any design that hands each call to another process: a relay
+  server runs the same model on a fixed input in one thread per connection each time its client
+  sends one byte, and answers with one byte (no framing, validation or shared memory: only the two
+  wake-ups of a call and a minimal Python loop on each end).
 - `overhead`: an identity model with a 2 MiB input, one client, sequential requests: median
   latency through the server minus median latency of the same model in process.
 - `memory`: 8 workers that have each run CDNet: total PSS (`/proc/<pid>/smaps_rollup`) of 8
@@ -26,10 +30,12 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,11 +54,12 @@ TARGETS = {"throughput_ratio_min": 0.97, "overhead_us_max": 150.0, "memory_ratio
 # -- the PyTriton side (runs under the pytriton venv's python, not ours) --------------------------
 
 TRITON_SERVER = """
-import sys, numpy as np, onnxruntime as ort
+import os, sys, numpy as np, onnxruntime as ort
 from pytriton.decorators import batch
 from pytriton.model_config import ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 path, instances, http, grpc, metrics = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:6])
+ready = sys.argv[6]  # a file, not a stdout line: tritonserver's log shares stdout
 def make():
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
@@ -68,7 +75,9 @@ with Triton(config=config) as triton:
     triton.bind(model_name="cdnet", infer_func=[make() for _ in range(instances)],
         inputs=[Tensor(name="raster", dtype=np.float32, shape=(9, 128, 128))], outputs=outputs,
         config=ModelConfig(max_batch_size=64))
-    print("ready", flush=True)
+    with open(ready + ".partial", "w") as f:
+        f.write("ready\n")
+    os.replace(ready + ".partial", ready)
     triton.serve()
 """
 
@@ -118,6 +127,15 @@ def serve_commands(
             else:
                 say({"samples": 0, "elapsed_s": 1.0})
         return
+    if mode == "relay":
+        relay = Relay(target)
+        say("ready")
+        for line in commands:
+            if not line.startswith("run"):
+                break
+            say(_run_for(relay, {}, float(line.split()[1])))
+        relay.close()
+        return
     if mode == "shared":
         client = ModelClient.from_mode("shared", socket_path=target)
     else:
@@ -138,6 +156,48 @@ def serve_commands(
         else:
             break
     client.close()
+
+
+class Relay:
+    """The client end of the handoff bound: one byte out, one byte back."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(socket_path)
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> None:
+        self.sock.sendall(b"q")
+        if not self.sock.recv(1):
+            raise RuntimeError("the relay server closed the connection")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def relay_main(repo: str, socket_path: str) -> None:
+    """`server_bench.py relay REPO SOCKET`: the server end of the handoff bound. One ONNX Runtime
+    session of CDNet with one thread per execution, as the model server's; each connection's
+    thread runs it on a fixed batch-1 input whenever its client sends a byte."""
+    from fleetinfer.server.repository import ModelRepository
+    from fleetinfer.server.session import OrtModel
+
+    model = OrtModel(ModelRepository(repo).resolve("cdnet"), intra_op_threads=1)
+    inputs = _example_inputs(Path(repo), "cdnet")
+    model.run(inputs)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen()
+    print("ready", flush=True)
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            while conn.recv(1):
+                model.run(inputs)
+                conn.sendall(b"r")
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
 def zygote_main(mode: str, target: str, model: str, threads: int) -> None:
@@ -328,6 +388,21 @@ def server(
         proc.stdout.close()
 
 
+@contextmanager
+def relay_server(repo: Path, socket_path: Path) -> Iterator[subprocess.Popen[str]]:
+    command = [sys.executable, __file__, "relay", str(repo), str(socket_path)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("the relay server did not start")
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        proc.stdout.close()
+
+
 def samples_per_s(pool: list[Worker], seconds: float, *, in_place: bool = False) -> float:
     for w in pool:
         w.send(f"run {seconds}" + (" inplace" if in_place else ""))
@@ -337,14 +412,18 @@ def samples_per_s(pool: list[Worker], seconds: float, *, in_place: bool = False)
 
 def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[float]] = {"inprocess": [], "shared": [], "shared_in_place": []}
-    sock = tmp / "t.sock"
+    runs["relay"] = []
+    sock, relay_sock = tmp / "t.sock", tmp / "relay.sock"
     with (
         server(repo, sock, args.threads, args.workers),
         workers("shared", sock, "cdnet", args.threads, args.workers) as shared,
         workers("inprocess", repo, "cdnet", args.threads, args.workers) as local,
+        relay_server(repo, relay_sock),
+        workers("relay", relay_sock, "cdnet", 1, args.workers) as relay,
         triton_pool(repo, tmp, args) as triton,
     ):
         order = [("inprocess", local), ("shared", shared), ("shared_in_place", shared)]
+        order.append(("relay", relay))
         if triton:
             order.append(("triton", triton))
             runs["triton"] = []
@@ -366,6 +445,11 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
         "ratio_in_place_median": statistics.median(
             _paired_ratios(runs["shared_in_place"], runs["inprocess"])
         ),
+        "relay_samples_per_s": statistics.median(runs["relay"]),
+        "ratio_relay_median": statistics.median(_paired_ratios(runs["relay"], runs["inprocess"])),
+        "relay_is": "the bound of any design that hands each call to another process: the model "
+        "run by one thread per connection on a fixed input when its client sends one byte, one "
+        "byte back; no framing, validation or shared memory",
         "target_ratio_min": TARGETS["throughput_ratio_min"],
         "rounds": runs,
     }
@@ -544,23 +628,26 @@ def triton_pool(repo: Path, tmp: Path, args: argparse.Namespace) -> Iterator[lis
         / "model.onnx"
     )
     ports = [str(free_port()) for _ in range(3)]
+    ready = tmp / "triton.ready"
     command = [
         args.pytriton_python,
         str(tmp / "triton_server.py"),
         str(model),
         str(args.workers),
         *ports,
+        str(ready),
     ]
     log = (tmp / "triton.log").open("w")
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=tmp)
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
     pool: list[Worker] = []
     try:
-        assert proc.stdout is not None
-        lines = iter(proc.stdout.readline, "")  # Triton may print before our "ready"
-        if not any(line.strip() == "ready" for line in lines):
-            raise RuntimeError(
-                f"PyTriton did not start: {(tmp / 'triton.log').read_text()[-2000:]}"
-            )
+        deadline = time.monotonic() + 180
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"PyTriton did not start: {(tmp / 'triton.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.1)
         for _ in range(args.workers):
             worker = Worker.__new__(Worker)
             worker.start(
@@ -574,8 +661,6 @@ def triton_pool(repo: Path, tmp: Path, args: argparse.Namespace) -> Iterator[lis
         proc.terminate()
         proc.wait(60)
         log.close()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def free_port() -> int:
@@ -662,6 +747,8 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         worker_main(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "relay":
+        relay_main(sys.argv[2], sys.argv[3])
     elif len(sys.argv) > 1 and sys.argv[1] == "zygote":
         zygote_main(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     else:

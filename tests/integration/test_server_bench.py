@@ -26,9 +26,12 @@ def test_a_short_server_bench_run_reports_every_row_with_its_fields(tmp_path: Pa
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     throughput = report["throughput"]
-    for key in ("inprocess_samples_per_s", "shared_samples_per_s", "shared_in_place_samples_per_s"):
+    for key in (
+        "inprocess_samples_per_s", "shared_samples_per_s", "shared_in_place_samples_per_s",
+        "relay_samples_per_s",
+    ):  # fmt: skip
         assert throughput[key] > 0
-    assert {"ratio_median", "ratio_in_place_median"} <= throughput.keys()
+    assert {"ratio_median", "ratio_in_place_median", "ratio_relay_median"} <= throughput.keys()
     for row in (report["overhead"], report["overhead"]["fixed_cost_16_bytes"]):
         assert row["shared_median_us"] > 0
         assert row["inprocess_median_us"] > 0

@@ -3,7 +3,7 @@
 PyTriton's bundled tritonserver runs its Python stub only under Debian's /usr/bin/python3.11, so
 the server runs under that venv's python (`scripts/triton-venv.sh` builds `.venv-triton`), never
 under ours. `triton_unavailable()` names exactly what is missing; `TritonServer` starts it on free
-ports, waits for its ready line, and stops it (and its tritonserver) with SIGTERM.
+ports, waits for its ready file, and stops it (and its tritonserver) with SIGTERM.
 """
 
 from __future__ import annotations
@@ -79,9 +79,9 @@ class TritonServer:
         self.http_port = free_port()
         self._dir = Path(tempfile.mkdtemp(prefix="fleetinfer-triton-"))
         self.log_path = self._dir / "triton.log"
+        self.ready_path = self._dir / "ready.json"  # not a stdout line: tritonserver logs there
         self.process: subprocess.Popen[bytes] | None = None
         self.start_s = 0.0
-        self._ready = threading.Event()
         self._reader: threading.Thread | None = None
 
     @property
@@ -94,6 +94,7 @@ class TritonServer:
             "--threads", str(self.threads), "--instances", str(self.instances),
             "--http-port", str(self.http_port),
             "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+            "--ready-file", str(self.ready_path),
         ]  # fmt: skip
 
     def __enter__(self) -> TritonServer:
@@ -127,21 +128,20 @@ class TritonServer:
         return total
 
     def _read_stdout(self, process: subprocess.Popen[bytes], log: BinaryIO) -> None:
-        """Copy the server's stdout into its log (so the pipe never fills), noting the ready line."""
+        """Copy the server's stdout into its log, so that the pipe never fills."""
         assert process.stdout is not None
         with log:
             for line in process.stdout:
                 log.write(line)
                 log.flush()
-                if _is_ready(line):
-                    self._ready.set()
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + self.start_timeout_s
-        while not self._ready.wait(0.2):
+        while not _is_ready(self.ready_path):
             if process.poll() is not None or time.monotonic() > deadline:
                 break
-        if self._ready.is_set():
+            time.sleep(0.1)
+        else:
             return
         code = process.poll()
         ended = f"it exited with code {code}" if code is not None else "it did not answer"
@@ -170,9 +170,10 @@ class TritonServer:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def _is_ready(line: bytes) -> bool:
+def _is_ready(path: Path) -> bool:
+    """Whether the server has written its ready line (renamed into place whole)."""
     try:
-        event = json.loads(line)
-    except ValueError:
+        event = json.loads(path.read_bytes())
+    except (OSError, ValueError):
         return False
     return isinstance(event, dict) and event.get("ready") is True

@@ -13,14 +13,15 @@ self-contained script: standard library, numpy, onnxruntime and pytriton only, n
 `fleetinfer serve` does). Each model gets `--instances` ONNX Runtime sessions (concurrent
 executions) of `--threads` intra-op threads each.
 It prints one JSON line `{"ready": true, "http_port": …, "grpc_port": …}` once the model is served,
-then serves until SIGTERM / SIGINT.
+then serves until SIGTERM / SIGINT. With `--ready-file PATH` that line goes to PATH instead (written
+whole, then renamed into place): tritonserver logs to the same stdout, and a slow start has been
+seen to split the line with a log line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--max-queue-delay-us", type=int, default=0)
+    parser.add_argument("--ready-file", type=Path, help="write the ready line here, not stdout")
     args = parser.parse_args(argv)
 
     from pytriton.model_config import DynamicBatcher, ModelConfig
@@ -121,8 +123,15 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 strict=False,
             )
-        print(json.dumps({"ready": True, "http_port": args.http_port, "grpc_port": args.grpc_port}))
-        sys.stdout.flush()
+        ready = json.dumps(
+            {"ready": True, "http_port": args.http_port, "grpc_port": args.grpc_port}
+        )
+        if args.ready_file is None:
+            print(ready, flush=True)
+        else:
+            partial = args.ready_file.with_name(args.ready_file.name + ".partial")
+            partial.write_text(ready + "\n")
+            partial.replace(args.ready_file)
         triton.serve()
     return 0
 
