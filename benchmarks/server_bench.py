@@ -76,7 +76,7 @@ with Triton(config=config) as triton:
         inputs=[Tensor(name="raster", dtype=np.float32, shape=(9, 128, 128))], outputs=outputs,
         config=ModelConfig(max_batch_size=64))
     with open(ready + ".partial", "w") as f:
-        f.write("ready\n")
+        f.write("ready\\n")
     os.replace(ready + ".partial", ready)
     triton.serve()
 """

@@ -2,13 +2,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fleetinfer.bench.instances import instance_shape, load_instances
-from fleetinfer.bench.measure import PssSample, PssSampler, role_mib, window_cpu_s
+from fleetinfer.bench.measure import PssSample, PssSampler, child_pids, role_mib, window_cpu_s
 from fleetinfer.bench.payloads import load_payloads
 from fleetinfer.bench.probe import counting
 from fleetinfer.bench.report import (
@@ -280,3 +282,30 @@ def test_ramp_up_and_drain_are_the_ends_of_the_run_outside_the_steady_window() -
     finishes = [103.0, 101.5, 102.0, 104.0, 109.0, 105.0]  # 2 workers, a long last task
     assert ramp_and_drain(100.0, finishes, workers=2) == {"ramp_s": 2.0, "drain_s": 4.0}
     assert ramp_and_drain(100.0, finishes, workers=4) == {"ramp_s": None, "drain_s": None}
+
+
+def test_a_process_that_ends_mid_walk_has_no_descendants_rather_than_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child ending while the sampler walked /proc took the sampler thread down (the PSS of the
+    rest of that round went missing): its /proc folder vanished between listing and reading."""
+    ending = subprocess.Popen(["sleep", "30"])  # its /proc folder exists, then vanishes mid-walk
+    gone = f"/proc/{ending.pid}/task"
+    real_scandir, real_listdir = os.scandir, os.listdir
+
+    def vanished(real: Any) -> Any:
+        def call(path: Any = ".") -> Any:
+            if os.fspath(path).startswith(gone):
+                raise FileNotFoundError(2, "No such file or directory", os.fspath(path))
+            return real(path)
+
+        return call
+
+    monkeypatch.setattr(os, "scandir", vanished(real_scandir))
+    monkeypatch.setattr(os, "listdir", vanished(real_listdir))
+    try:
+        assert child_pids(ending.pid) == []
+        assert ending.pid in child_pids(os.getpid())  # the walk above it goes on
+    finally:
+        ending.kill()
+        ending.wait()

@@ -49,9 +49,14 @@ def _parent_pid(pid: int) -> int:
 
 
 def child_pids(pid: int) -> list[int]:
-    """Every descendant of `pid` (Linux /proc), depth first."""
+    """Every descendant of `pid` (Linux /proc), depth first; a process that ends while it is
+    being walked has no descendants (its /proc folder goes with it, mid-walk)."""
     found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
         try:
             children = (task / "children").read_text().split()
         except OSError:
