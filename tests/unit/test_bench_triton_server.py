@@ -42,6 +42,7 @@ def test_the_server_is_ready_when_its_ready_file_appears_whatever_it_prints(
 
 def test_a_server_that_exits_before_it_is_ready_is_an_error_with_its_log(tmp_path: Path) -> None:
     python = fake_python(tmp_path, "exit 3")
+    server = TritonServer(python, tmp_path, threads=1)
     with pytest.raises(TritonServerError, match=r"exited with code 3.*successfully loaded cdn"):
-        with TritonServer(python, tmp_path, threads=1):
-            pass
+        server.__enter__()
+    assert server.process is None  # stopped, its folder removed

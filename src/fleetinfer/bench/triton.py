@@ -144,6 +144,8 @@ class TritonServer:
         else:
             return
         code = process.poll()
+        if code is not None and self._reader is not None:
+            self._reader.join(timeout=5.0)  # until its last output is in the log
         ended = f"it exited with code {code}" if code is not None else "it did not answer"
         log = self.log_path.read_text(errors="replace").strip()[-800:]
         raise TritonServerError(
