@@ -376,25 +376,24 @@ def server(
     command = [sys.executable, "-m", "fleetinfer.cli.serve", "--models", str(repo)]
     command += ["--socket", str(socket_path), "--metrics-port", "-1"]
     command += ["--intra-op-threads", str(threads), "--instances", str(instances)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    if not proc.stdout.readline():
-        raise RuntimeError("the model server did not start")
-    try:
+    with _started(command, "the model server") as proc:
         yield proc
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        proc.stdout.close()
 
 
 @contextmanager
 def relay_server(repo: Path, socket_path: Path) -> Iterator[subprocess.Popen[str]]:
-    command = [sys.executable, __file__, "relay", str(repo), str(socket_path)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    with _started([sys.executable, __file__, "relay", str(repo), str(socket_path)], "relay") as p:
+        yield p
+
+
+@contextmanager
+def _started(command: list[str], what: str) -> Iterator[subprocess.Popen[str]]:
+    """A server process, once it has printed its first line (it serves from then on)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        raise RuntimeError("the relay server did not start")
+    if not proc.stdout.readline():
+        proc.wait(30)
+        raise RuntimeError(f"{what} did not start")
     try:
         yield proc
     finally:
