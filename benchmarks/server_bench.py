@@ -53,34 +53,6 @@ TARGETS = {"throughput_ratio_min": 0.97, "overhead_us_max": 150.0, "memory_ratio
 
 # -- the PyTriton side (runs under the pytriton venv's python, not ours) --------------------------
 
-TRITON_SERVER = """
-import os, sys, numpy as np, onnxruntime as ort
-from pytriton.decorators import batch
-from pytriton.model_config import ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
-path, instances, http, grpc, metrics = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:6])
-ready = sys.argv[6]  # a file, not a stdout line: tritonserver's log shares stdout
-def make():
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    @batch
-    def infer(raster):
-        changed, remap, types = session.run(None, {"raster": raster})
-        return {"changed_logit": changed, "remap_logit": remap, "type_logits": types}
-    return infer
-outputs = [Tensor(name=n, dtype=np.float32, shape=(-1,)) for n in ("changed_logit", "remap_logit", "type_logits")]
-config = TritonConfig(http_port=http, grpc_port=grpc, metrics_port=metrics)
-with Triton(config=config) as triton:
-    triton.bind(model_name="cdnet", infer_func=[make() for _ in range(instances)],
-        inputs=[Tensor(name="raster", dtype=np.float32, shape=(9, 128, 128))], outputs=outputs,
-        config=ModelConfig(max_batch_size=64))
-    with open(ready + ".partial", "w") as f:
-        f.write("ready\\n")
-    os.replace(ready + ".partial", ready)
-    triton.serve()
-"""
-
 TRITON_WORKER = """
 import json, sys, time, numpy as np
 from pytriton.client import ModelClient
@@ -614,61 +586,26 @@ def pytriton_python(args: argparse.Namespace) -> str | None:
 
 @contextmanager
 def triton_pool(repo: Path, tmp: Path, args: argparse.Namespace) -> Iterator[list[Worker]]:
-    """PyTriton serving the same CDNet file with W instances of 1 thread, and W clients."""
+    """PyTriton serving the same CDNet file with W instances of 1 thread (the server `fleetinfer
+    bench` starts for its triton mode), and W clients."""
     if pytriton_python(args) is not None:
         yield []
         return
-    (tmp / "triton_server.py").write_text(TRITON_SERVER)
+    from fleetinfer.bench.triton import TritonServer
+
     (tmp / "triton_worker.py").write_text(TRITON_WORKER)
-    model = (
-        repo
-        / "cdnet"
-        / str(max(int(p.name) for p in (repo / "cdnet").iterdir() if p.name.isdigit()))
-        / "model.onnx"
-    )
-    ports = [str(free_port()) for _ in range(3)]
-    ready = tmp / "triton.ready"
-    command = [
-        args.pytriton_python,
-        str(tmp / "triton_server.py"),
-        str(model),
-        str(args.workers),
-        *ports,
-        str(ready),
-    ]
-    log = (tmp / "triton.log").open("w")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
     pool: list[Worker] = []
-    try:
-        deadline = time.monotonic() + 180
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"PyTriton did not start: {(tmp / 'triton.log').read_text()[-2000:]}"
-                )
-            time.sleep(0.1)
-        for _ in range(args.workers):
-            worker = Worker.__new__(Worker)
-            worker.start(
-                [args.pytriton_python, str(tmp / "triton_worker.py"), ports[0]], "triton client"
-            )
-            pool.append(worker)
-        yield pool
-    finally:
-        for worker in pool:
-            worker.stop()
-        proc.terminate()
-        proc.wait(60)
-        log.close()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    with TritonServer(Path(args.pytriton_python), repo, threads=1, instances=args.workers) as srv:
+        try:
+            for _ in range(args.workers):
+                worker = Worker.__new__(Worker)
+                command = [args.pytriton_python, str(tmp / "triton_worker.py"), str(srv.http_port)]
+                worker.start(command, "triton client")
+                pool.append(worker)
+            yield pool
+        finally:
+            for worker in pool:
+                worker.stop()
 
 
 def triton_row(args: argparse.Namespace) -> dict[str, Any]:
@@ -681,8 +618,9 @@ def triton_row(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "ran": True,
         "what": "PyTriton (Triton + Python backend running the same ONNX file with ONNX Runtime, "
-        "W instances of 1 thread), W pytriton.client processes over HTTP, batch 1, interleaved "
-        "with the throughput row's rounds",
+        "W instances of 1 thread: fleetinfer.bench.triton_server, as `fleetinfer bench` runs "
+        "it), W pytriton.client processes over HTTP, batch 1, interleaved with the throughput "
+        "row's rounds",
         "triton_samples_per_s": statistics.median(triton),
         "ratio_to_inprocess": statistics.median(_paired_ratios(triton, inprocess)),
         "rounds": triton,
