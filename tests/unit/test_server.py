@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import stat
-import tempfile
 import threading
 import time
 import urllib.error
@@ -14,7 +12,6 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -29,51 +26,10 @@ from fleetinfer.errors import (
     UnknownModelError,
 )
 from fleetinfer.server.executor import ModelExecutor
-from fleetinfer.server.server import ModelServer, ServerConfig
+from fleetinfer.server.server import ModelServer
 from fleetinfer.server.shm import SHM_DIR, our_segments
-from tests.helpers.tiny_models import (
-    affine_repository,
-    fragile_repository,
-    identity_repository,
-    write_config,
-)
-
-FEATURES = 64 * 1024  # 256 KiB per sample: large enough for the direct-output path
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """Unix socket paths are limited to 107 bytes: keep them short."""
-    path = Path(tempfile.mkdtemp(prefix="fi-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def repo(short_dir: Path) -> Path:
-    root = affine_repository(short_dir / "repo", versions={1: 2.0, 2: 3.0})
-    identity_repository(root, features=FEATURES)
-    fragile_repository(root)
-    return root
-
-
-def start_server(repo: Path, socket_path: Path, **options: Any) -> ModelServer:
-    config = ServerConfig(models=repo, socket_path=socket_path, intra_op_threads=1, **options)
-    return ModelServer(config).start()
-
-
-@pytest.fixture
-def server(repo: Path, short_dir: Path) -> Iterator[ModelServer]:
-    server = start_server(repo, short_dir / "s.sock", max_request_bytes=4 << 20)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def client(server: ModelServer) -> Iterator[SharedModelClient]:
-    client = SharedModelClient(server.config.socket_path, connect_timeout_s=2.0)
-    yield client
-    client.close()
+from tests.helpers.servers import FEATURES, start_server
+from tests.helpers.tiny_models import affine_repository, write_config
 
 
 def test_outputs_equal_inprocess_outputs_exactly_for_single_and_batched_requests(
@@ -108,7 +64,9 @@ def test_a_repeated_request_layout_reads_fresh_inputs_every_time(
         x = np.full((1, 4), float(i), np.float32)
         assert handle.infer({"x": x})["y"].tolist() == [[i * 3.0 + 1.0] * 4]  # version 2
     (connection,) = list(server._connections)
-    assert len(connection.prepared._layouts) == 1  # one layout, reused 19 times
+    # two layouts: the first request's, then the client's repeated call, reused 18 times
+    assert len(connection.prepared._layouts) == 2
+    assert len(client._channel()._repeated) == 1
 
 
 def test_a_region_shrunk_under_a_cached_layout_is_refused_before_it_is_read(

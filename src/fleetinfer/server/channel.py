@@ -4,6 +4,14 @@ Inputs are copied once into the region; the server reads them in place and write
 a window of the region. Outputs come back as numpy views of the region (no copy): the bytes they
 use are leased until the arrays are garbage-collected, then reused. If leases pile up (the caller
 keeps many results alive) outputs are copied out instead, so the region never grows for that.
+
+A worker repeats the same request (same model, input dtypes and shapes, inputs at the same place,
+outputs small enough to copy out) over and over. After the first, such a request becomes a
+`RepeatedCall`: its body is encoded once, inputs that are not in place are copied to a range of
+the region kept for it, its output window is kept too, so the server answers it with the same
+reply, byte for byte, each time; the caller only copies inputs in, sends, compares the reply and
+copies the outputs out. On the 2-vCPU development VM this took the client's user CPU for a
+16-byte request from about 74 to about 49 µs (A/B of the two versions, spinning off).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import socket
 import threading
 import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -41,6 +50,7 @@ from fleetinfer.server.protocol import (
     TensorRef,
     aligned,
     decode,
+    encode,
     frame,
     rebuild_error,
 )
@@ -54,6 +64,8 @@ _SUPPORTED_KINDS = "biuf"
 _GROWTH_STEP_BYTES = 1 << 20
 COPY_OUT_MAX_BYTES = 64 * 1024  # smaller outputs are copied out: cheaper than leasing the bytes
 _LAYOUTS_KEPT = 64
+REPEATED_CALLS_KEPT = 16
+REPEATED_SHARE_MAX = 4  # repeated calls keep at most 1/4 of the region for themselves
 REPLY_SPIN_US = 500  # how long a caller polls for the reply before it blocks (`spin.py`)
 _DTYPE_NAMES = {np.dtype(t): name for name, t in DTYPES.items()}
 
@@ -63,6 +75,19 @@ class OutputLayout(NamedTuple):
 
     used_bytes: int
     outputs: tuple[tuple[str, np.dtype[Any], tuple[int, ...], int], ...]
+
+
+@dataclass(slots=True)
+class RepeatedCall:
+    """A request sent again and again, encoded once (module docstring). `reply` is None until
+    the first answer, whose checked layout it then is (a different later reply is checked anew)."""
+
+    body: bytes
+    staged: tuple[tuple[str, np.ndarray[Any, Any]], ...]  # inputs copied here on each call
+    window: tuple[int, int]
+    kept: tuple[tuple[int, int], ...]  # the ranges of the region it keeps: staging and window
+    reply: bytes | None = None
+    layout: OutputLayout | None = None
 
 
 class ChannelBrokenError(ConnectionError):
@@ -143,6 +168,8 @@ class Channel:
         self.arena = Arena(region.size_bytes)
         self._ids = itertools.count(1)
         self._layouts: dict[tuple[bytes, tuple[int, int]], OutputLayout] = {}
+        self._repeated: dict[tuple[Any, ...], RepeatedCall] = {}
+        self._repeated_bytes = 0
         self._finalizer = weakref.finalize(self, _unlink_if_owner, region.name, self.pid)
 
     @classmethod
@@ -181,8 +208,9 @@ class Channel:
         """One request, one reply; server errors are raised as their own exception class."""
         return decode(reply_type, self._exchange(kind, body))
 
-    def _exchange(self, kind: int, body: msgspec.Struct) -> bytes:
-        """Send one request; the body of its successful reply."""
+    def _exchange(self, kind: int, body: msgspec.Struct | bytes) -> bytes:
+        """Send one request (a message, or one already encoded); the body of its successful
+        reply."""
         request_id = next(self._ids) & 0xFFFFFFFF
         try:
             self.sock.sendall(frame(kind, request_id, body))
@@ -225,15 +253,122 @@ class Channel:
         return self.call(Kind.CONTROL, ControlRequest(action, model, version or 0), ControlReply)
 
     def infer(self, model: str, inputs: Mapping[str, Any], version: int | None) -> Tensors:
+        key = self._call_key(model, version, inputs)
+        repeated = self._repeated.get(key)
+        if repeated is not None:
+            outputs = self._repeat(repeated, inputs)
+            if outputs is not None:
+                return outputs
         arrays = _arrays(inputs)
         for _ in range(3):
             try:
-                return self._infer_once(model, arrays, version)
+                outputs, request, layout = self._infer_once(model, arrays, version)
             except OutputSpaceError as exc:
                 self._grow(exc.needed_bytes + sum(aligned(a.nbytes) for a in arrays.values()))
+                continue
+            self._keep_repeated(key, request, layout)
+            return outputs
         raise PayloadTooLargeError("the outputs", self.region.size_bytes, self.max_region_bytes)
 
-    def _infer_once(self, model: str, arrays: Tensors, version: int | None) -> Tensors:
+    def _call_key(
+        self, model: str, version: int | None, inputs: Mapping[str, Any]
+    ) -> tuple[Any, ...]:
+        """What makes two requests the same `RepeatedCall`: the model, each input's name, dtype
+        and shape, and where it lies when it lies in the region (None: copied in)."""
+        key: list[Any] = [model, version]
+        for name, array in inputs.items():
+            if not isinstance(array, np.ndarray):
+                return ()  # never kept: `_arrays` raises the error
+            key += (name, array.dtype, array.shape, self._offset_in_region(array))
+        return tuple(key)
+
+    def _offset_in_region(self, array: np.ndarray[Any, Any]) -> int | None:
+        """Where `array` lies in the region, if the server can read it there; else None."""
+        if array.dtype not in _DTYPE_NAMES or not array.flags.c_contiguous:
+            return None
+        offset: int = array.__array_interface__["data"][0] - self.region.address
+        return offset if offset >= 0 and offset + array.nbytes <= self.region.size_bytes else None
+
+    def _repeat(self, call: RepeatedCall, inputs: Mapping[str, Any]) -> Tensors | None:
+        """Run a repeated call; None if the server's answer ends it (the caller goes the long
+        way), an error reply is raised as usual."""
+        for name, staging in call.staged:
+            np.copyto(staging, inputs[name])
+        try:
+            payload = self._exchange(Kind.INFER, call.body)
+        except OutputSpaceError:  # the model's outputs grew: no longer fit the kept window
+            self._drop_repeated()
+            return None
+        if payload != call.reply:
+            call.layout = self._layout(payload, call.window)
+            call.reply = payload
+        layout = call.layout
+        assert layout is not None  # set with the reply
+        start = call.window[0]
+        span = self.region.buffer[start : start + layout.used_bytes].copy()
+        return {
+            name: np.ndarray(shape, dtype, buffer=span, offset=offset)
+            for name, dtype, shape, offset in layout.outputs
+        }
+
+    def _keep_repeated(
+        self, key: tuple[Any, ...], request: InferRequest, layout: OutputLayout
+    ) -> None:
+        """After a request went the long way: keep it as a `RepeatedCall` when its outputs are
+        copied out and the region can spare the ranges it keeps (a range of its own for each
+        input not in place, and the output window)."""
+        if not key or layout.used_bytes > COPY_OUT_MAX_BYTES or key in self._repeated:
+            return
+        in_place = key[5::4]  # each input's offset in the key, None if copied in
+        copied = [
+            ref for ref, offset in zip(request.inputs, in_place, strict=True) if offset is None
+        ]
+        sizes = [aligned(max(n, 1)) for n in [*(ref.nbytes for ref in copied), layout.used_bytes]]
+        if self._repeated_bytes + sum(sizes) > self.region.size_bytes // REPEATED_SHARE_MAX:
+            return
+        if len(self._repeated) >= REPEATED_CALLS_KEPT:
+            self._drop_repeated()
+        kept = self._alloc_all(sizes)
+        if kept is None:
+            return
+        moved = {ref.name: offset for ref, offset in zip(copied, kept, strict=False)}
+        refs = tuple(
+            TensorRef(r.name, r.dtype, r.shape, moved.get(r.name, r.offset), r.nbytes)
+            for r in request.inputs
+        )
+        staged = tuple(
+            (r.name, self.region.view(moved[r.name], np.dtype(DTYPES[r.dtype]), r.shape))
+            for r in copied
+        )
+        window = (kept[-1], sizes[-1])
+        body = encode(InferRequest(request.model, request.version, refs, *window))
+        ranges = tuple(zip(kept, sizes, strict=True))
+        self._repeated[key] = RepeatedCall(body, staged, window, ranges)
+        self._repeated_bytes += sum(sizes)
+
+    def _alloc_all(self, sizes: list[int]) -> list[int] | None:
+        """Offsets of one new range per size, or None (and nothing kept) if one does not fit."""
+        offsets: list[int] = []
+        for size in sizes:
+            offset = self.arena.alloc(size)
+            if offset is None:
+                for taken, taken_size in zip(offsets, sizes, strict=False):
+                    self.arena.free(taken, taken_size)
+                return None
+            offsets.append(offset)
+        return offsets
+
+    def _drop_repeated(self) -> None:
+        """Forget every `RepeatedCall` and give back the ranges they kept."""
+        for call in self._repeated.values():
+            for offset, size in call.kept:
+                self.arena.free(offset, size)
+        self._repeated.clear()
+        self._repeated_bytes = 0
+
+    def _infer_once(
+        self, model: str, arrays: Tensors, version: int | None
+    ) -> tuple[Tensors, InferRequest, OutputLayout]:
         staged = [self._place(name, array) for name, array in arrays.items()]
         window = self.arena.take_largest()
         try:
@@ -247,16 +382,15 @@ class Channel:
             for ref, copied in staged:
                 if copied:
                     self.arena.free(ref.offset, aligned(max(ref.nbytes, 1)))
-        return self._collect(layout, window)
+        return self._collect(layout, window), request, layout
 
     def _place(self, name: str, array: np.ndarray[Any, Any]) -> tuple[TensorRef, bool]:
         """Where `array` lies in the region: in place if it already does (an `empty()`
         array of this channel), else copied into a freshly allocated range (True)."""
-        dtype_name = _DTYPE_NAMES.get(array.dtype)
-        if dtype_name is not None and array.flags.c_contiguous:
-            offset = array.__array_interface__["data"][0] - self.region.address
-            if offset >= 0 and offset + array.nbytes <= self.region.size_bytes:
-                return TensorRef(name, dtype_name, array.shape, offset, array.nbytes), False
+        offset = self._offset_in_region(array)
+        if offset is not None:
+            ref = TensorRef(name, _DTYPE_NAMES[array.dtype], array.shape, offset, array.nbytes)
+            return ref, False
         offset = self.arena.alloc(array.nbytes)
         if offset is None:
             self._grow(aligned(array.nbytes) * 2)
@@ -332,6 +466,7 @@ class Channel:
             raise PayloadTooLargeError(
                 "the shared-memory region this request needs", size, self.max_region_bytes
             )
+        self._drop_repeated()  # their staging views are of the mapping about to go
         old, self.region = self.region, self.region.resize(size)
         old.close()
         self.arena.grow(size)

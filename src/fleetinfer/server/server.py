@@ -244,7 +244,8 @@ class Connection:
                 kind, request_id, body = self._read_frame()
                 self.spinner.answered()
                 self.server.count_in_flight(1)
-                self._handle(kind, request_id, body)
+                if kind != Kind.INFER or not self._infer_planned(request_id, body):
+                    self._handle(kind, request_id, body)
         except (EOFError, OSError):
             pass  # the client went away, possibly mid-message
         except _FrameError as exc:
@@ -285,6 +286,12 @@ class Connection:
         return kind, request_id, self._take(length)
 
     def _take(self, n: int) -> bytes:
+        start = self._start
+        if self._end - start >= n:  # usually: one recv brought the whole frame
+            self._start = start + n
+            if self._start == self._end:
+                self._start = self._end = 0
+            return bytes(self._view[start : start + n])
         while self._end - self._start < n:
             if self._start:
                 self._buf[: self._end - self._start] = self._buf[self._start : self._end]
@@ -347,6 +354,16 @@ class Connection:
                 self.prepared.put(body, prepared)
                 return
         raise FleetinferError(f"model {request.model!r} kept changing during the request: retry")
+
+    def _infer_planned(self, request_id: int, body: bytes) -> bool:
+        """The fast lane: a request this connection sent before, whose direct plan is made,
+        run right here when its model is idle (`ModelExecutor.run_planned`)."""
+        prepared = self.prepared.get(body, self.server.registry.generation)
+        plan = None if prepared is None else prepared.slot.plan
+        if prepared is None or plan is None:
+            return False
+        executor = prepared.executor
+        return executor.run_planned(plan, prepared.region, prepared.batch, self, request_id)
 
     def _run(self, prepared: Prepared, request_id: int) -> bool:
         """Run a validated layout as this request; False if its executor closed meanwhile."""
