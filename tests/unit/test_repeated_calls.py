@@ -16,6 +16,7 @@ from fleetinfer.server.channel import (
     COPY_OUT_MAX_BYTES,
     REPEATED_CALLS_KEPT,
     REPEATED_SHARE_MAX,
+    Arena,
     Channel,
 )
 from fleetinfer.server.executor import ModelExecutor
@@ -98,10 +99,12 @@ def test_repeated_calls_keep_a_bounded_share_of_the_region_and_give_it_back(
     client = SharedModelClient(server.config.socket_path, region_bytes=1 << 20)
     try:
         channel, handle = channel_of(client), client.model("affine")
+        arrays = [client.empty((1, 4), np.float32) for _ in range(REPEATED_CALLS_KEPT + 4)]
         free_at_start = free_bytes(channel)
-        for batch in range(1, REPEATED_CALLS_KEPT + 4):  # more layouts than are kept
-            x = np.full((min(batch, 8), 4), float(batch), np.float32)
-            assert handle.infer({"x": x})["y"][0, 0] == batch * 3.0 + 1.0
+        for i, x in enumerate(arrays):  # each at its own offset: more layouts than are kept
+            x[:] = i
+            for _ in range(2):  # the second time a layout goes the long way, it is kept
+                assert handle.infer({"x": x})["y"][0, 0] == i * 3.0 + 1.0
         assert 0 < len(channel._repeated) <= REPEATED_CALLS_KEPT
         assert channel._repeated_bytes <= channel.region.size_bytes // REPEATED_SHARE_MAX
         kept = sum(size for call in channel._repeated.values() for _, size in call.kept)
@@ -196,12 +199,36 @@ def test_the_server_runs_a_repeated_call_in_its_fast_lane_without_the_executor_q
 def test_a_region_shrunk_under_a_fast_lane_is_refused_the_long_way(
     client: SharedModelClient, server: ModelServer
 ) -> None:
-    handle, x = client.model("affine"), np.ones((1, 4), np.float32)
+    handle, x = client.model("affine"), client.empty((1, 4), np.float32)
+    x[:] = 1.0
     for _ in range(3):
         handle.infer({"x": x})
     region = channel_of(client).region
-    os.ftruncate(region.fd, region.size_bytes // 2)  # the repeated call's ranges stay inside
+    os.ftruncate(region.fd, region.size_bytes // 2)  # `x` stays inside; the kept window not
     with pytest.raises(MalformedMessageError, match="shrank"):
         handle.infer({"x": x})
     assert server.registry.resolve("affine")._busy == 0
     assert server.in_flight == 0
+
+
+def test_a_request_sent_once_is_not_kept_and_kept_ranges_come_from_the_end(
+    client: SharedModelClient,
+) -> None:
+    handle, channel = client.model("affine"), channel_of(client)
+    handle.infer({"x": np.ones((3, 4), np.float32)})
+    assert channel._repeated == {}  # seen once: nothing kept for it
+    handle.infer({"x": np.ones((3, 4), np.float32)})
+    (call,) = channel._repeated.values()
+    end = channel.region.size_bytes
+    assert all(offset >= end - 4096 for offset, _ in call.kept)  # away from short-lived arrays
+    assert channel.arena.alloc(16) == 0  # the low offsets stay free for them
+
+
+def test_the_arena_takes_a_high_range_from_the_last_block_that_fits() -> None:
+    arena = Arena(1024)
+    low = arena.alloc(64)
+    assert arena.alloc_high(100) == 1024 - 128  # aligned to 64 bytes, from the end
+    assert arena.alloc_high(2048) is None
+    arena.free(1024 - 128, 128)
+    arena.free(low, 64)
+    assert arena._free == [(0, 1024)]

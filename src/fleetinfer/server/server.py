@@ -286,12 +286,6 @@ class Connection:
         return kind, request_id, self._take(length)
 
     def _take(self, n: int) -> bytes:
-        start = self._start
-        if self._end - start >= n:  # usually: one recv brought the whole frame
-            self._start = start + n
-            if self._start == self._end:
-                self._start = self._end = 0
-            return bytes(self._view[start : start + n])
         while self._end - self._start < n:
             if self._start:
                 self._buf[: self._end - self._start] = self._buf[self._start : self._end]
@@ -359,11 +353,10 @@ class Connection:
         """The fast lane: a request this connection sent before, whose direct plan is made,
         run right here when its model is idle (`ModelExecutor.run_planned`)."""
         prepared = self.prepared.get(body, self.server.registry.generation)
-        plan = None if prepared is None else prepared.slot.plan
-        if prepared is None or plan is None:
+        if prepared is None or prepared.slot.plan is None:
             return False
-        executor = prepared.executor
-        return executor.run_planned(plan, prepared.region, prepared.batch, self, request_id)
+        plan, region = prepared.slot.plan, prepared.region
+        return prepared.executor.run_planned(plan, region, prepared.batch, self, request_id)
 
     def _run(self, prepared: Prepared, request_id: int) -> bool:
         """Run a validated layout as this request; False if its executor closed meanwhile."""
