@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,27 @@ def test_pss_roles_number_workers_and_add_up_server_processes() -> None:
 def test_window_cpu_counts_only_processes_seen_at_both_ends() -> None:
     samples = [PssSample(0.0, {}, {1: 1.0, 2: 5.0}), PssSample(1.0, {}, {1: 3.0, 3: 9.0})]
     assert window_cpu_s(samples) == 2.0
+
+
+def test_window_cpu_leaves_out_what_the_sampler_spent() -> None:
+    samples = [PssSample(0.0, {}, {1: 1.0}, 0.25), PssSample(1.0, {}, {1: 3.0}, 0.75)]
+    assert window_cpu_s(samples) == 1.5  # the agent's 2 s less the sampler's 0.5
+
+
+def test_the_sampler_waits_longer_when_a_sample_costs_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def costly_sample(self: PssSampler) -> None:
+        started = time.thread_time()
+        while time.thread_time() - started < 0.01:  # 10 ms of CPU: the next wait >= 0.5 s
+            pass
+        self.samples.append(PssSample(time.time(), {}, {}, self.cpu_s))
+
+    monkeypatch.setattr(PssSampler, "sample", costly_sample)
+    with PssSampler(interval_s=0.001) as sampler:
+        time.sleep(0.3)
+    assert 1 <= len(sampler.samples) <= 2  # every 1 ms, it would have taken about 25
+    assert sampler.cpu_s >= 0.01
 
 
 # -- probe, instances, triton -----------------------------------------------------------------

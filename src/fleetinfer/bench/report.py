@@ -36,7 +36,9 @@ DEFINITIONS = {
     "finish[n-1] (the last tasks, when fewer than W are left to run); the whole run minus both "
     "is the steady window; null below 2W tasks",
     "cpu_utilization": "CPU seconds of the whole process tree over the run / (run_s x cores)",
-    "cpu_s_per_task": "CPU seconds of the whole process tree over the run / succeeded tasks",
+    "cpu_s_per_task": "CPU seconds of the whole process tree over the run / succeeded tasks; "
+    "here and in every CPU figure the PSS sampler's own CPU (sampler_cpu_s, per round: reading "
+    "/proc/<pid>/smaps_rollup walks every mapped page) is left out",
     "cpu_s_per_task_steady": "CPU seconds of the node's processes between the first and the "
     "last task finished (from /proc samples) / tasks finished in between; the projection uses "
     "it when present (isolated-per-task: cpu_s_per_task, start-up being part of each task)",
@@ -142,6 +144,7 @@ def round_metrics(run: RoundRun, cores: float, workers: int) -> dict[str, Any]:
         **ramp_and_drain(run.started_at, [t.finished_at for t in ok], workers),
         "run_s": run_s,
         "cpu_s": run.cpu_s,
+        "sampler_cpu_s": run.sampler.cpu_s,
         "cpu_s_per_task": run.cpu_s / len(ok),
         "cpu_utilization": run.cpu_s / (run_s * cores),
         "server_start_s": run.server_start_s,

@@ -275,7 +275,7 @@ def run_on_node(
     ):
         cpu_before, started_at = tree_cpu_s(), time.time()
         run_node(node, handle_signals=False)
-        ended_at, cpu_s = time.time(), tree_cpu_s() - cpu_before
+        ended_at, cpu_s = time.time(), tree_cpu_s() - cpu_before - sampler.cpu_s
     with open_store(results_url) as store:
         tasks = [_timing(result) for result in store.iter_results()]
     return RoundRun(mode, number, started_at, ended_at, cpu_s, tasks, sampler)
@@ -319,7 +319,7 @@ def run_per_task(config: BenchConfig, number: int) -> RoundRun:
         cpu_before, started_at = tree_cpu_s(), time.time()
         with ThreadPoolExecutor(max_workers=config.workers) as pool:
             reports = list(pool.map(lambda p: _one_task_process(config, p), config.payloads))
-        ended_at, cpu_s = time.time(), tree_cpu_s() - cpu_before
+        ended_at, cpu_s = time.time(), tree_cpu_s() - cpu_before - sampler.cpu_s
     tasks = [
         TaskTiming(r["spawned_at"], r["exited_at"], int(r["model_calls"]), r["error"])
         for r in reports
