@@ -118,6 +118,7 @@ def test_restart_delay_doubles_up_to_its_cap() -> None:
         ({"grace_s": -1.0}, "grace_s must be >= 0"),
         ({"workers": 0}, "workers must be at least 1"),
         ({"metrics_port": 70000}, "metrics port must be 0..65535"),
+        ({"worker_nice": 20}, "worker niceness must be 0..19"),
     ],
 )
 def test_bad_node_settings_are_config_errors(options: dict[str, Any], match: str) -> None:
@@ -132,3 +133,14 @@ def test_workers_give_up_held_tasks_a_little_before_the_agent_would_kill_them() 
     assert worker.models == "/models"
     assert NodeConfig(target="m:a", grace_s=2.0).worker_config().grace_s == pytest.approx(1.6)
     assert NodeConfig(target="m:a", grace_s=2.0).kill_after_s == pytest.approx(1.8)
+
+
+@pytest.mark.parametrize(
+    ("client_mode", "worker_nice", "expected"),
+    [("inprocess", None, 0), ("shared", None, 10), ("triton", None, 10), ("shared", 0, 0)],
+)
+def test_workers_run_below_the_model_server_they_feed_unless_told_otherwise(
+    client_mode: str, worker_nice: int | None, expected: int
+) -> None:
+    config = NodeConfig(target="m:a", client_mode=client_mode, worker_nice=worker_nice)
+    assert config.worker_config().nice == expected

@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from fleetinfer.errors import ConfigError
@@ -112,3 +113,17 @@ def _parent(pid: int) -> int:
 def _shared_dirty_kib(pid: int) -> int:
     rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
     return sum(int(line.split()[1]) for line in rollup if line.startswith("Shared_Dirty"))
+
+
+def test_workers_lower_their_priority_by_the_configured_niceness(
+    tmp_path: Path, preload: bool
+) -> None:
+    config = msgspec.structs.replace(_config(tmp_path, "tests.apps.jobs:app"), nice=7)
+    supervisor = Supervisor(config, preload=preload)
+    supervisor.scale_to(1)
+    try:
+        pid = supervisor.first_pid(timeout_s=30)
+        expected = os.getpriority(os.PRIO_PROCESS, 0) + 7
+        wait_for(lambda: os.getpriority(os.PRIO_PROCESS, pid) == expected, 30, "niceness 7")
+    finally:
+        supervisor.stop(grace_s=5)

@@ -82,6 +82,14 @@ def run(
             "when imported gets fresh workers either way, with a warning.",
         ),
     ] = True,
+    worker_nice: Annotated[
+        int | None,
+        typer.Option(
+            "--worker-nice",
+            help="Niceness added to each worker (0..19); default 10 with a model server "
+            "(--client shared or triton: the server's executions run first), else 0.",
+        ),
+    ] = None,
     json_output: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every task.")] = False,
 ) -> None:
@@ -105,6 +113,7 @@ def run(
             restart=RestartPolicy(base_s=restart_backoff_s, max_s=restart_backoff_max_s),
             verbose=verbose,
             preload_workers=preload,
+            worker_nice=worker_nice,
         )
         report = run_node(config, on_ready=_ready_printer(json_output))
         _print_report(report, json_output)

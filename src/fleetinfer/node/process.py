@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -32,7 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     events: EventSink = PipeEvents(args.events_fd) if args.events_fd >= 0 else MemoryEvents()
     try:
-        worker = Worker(WorkerConfig.decode(args.config), events=events)
+        config = WorkerConfig.decode(args.config)
+        if config.nice:
+            os.nice(config.nice)  # lower priority: anyone may; the node says why (`NodeConfig`)
+        worker = Worker(config, events=events)
     except (ConfigError, FleetinferError, ImportError) as exc:
         events.emit("error", message=f"{type(exc).__name__}: {exc}")
         print(f"worker: {exc}", file=sys.stderr)

@@ -85,6 +85,7 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     backoff_base_s: float = 1.0
     backoff_max_s: float = 300.0
     name: str = ""
+    nice: int = 0  # added to the worker process's niceness when it starts (0 to 19)
 
     def encode(self) -> str:
         return msgspec.json.encode(self).decode("utf-8")
