@@ -6,13 +6,14 @@ use are leased until the arrays are garbage-collected, then reused. If leases pi
 keeps many results alive) outputs are copied out instead, so the region never grows for that.
 
 A worker repeats the same request (same model, input dtypes and shapes, inputs at the same place,
-outputs small enough to copy out) over and over. After the first, such a request becomes a
-`RepeatedCall`: its body is encoded once, inputs that are not in place are copied to a range of
-the region kept for it, its output window is kept too, so the server answers it with the same
-reply, byte for byte, each time; the caller only copies inputs in, sends, compares the reply and
-copies the outputs out. A request becomes one the second time it goes the long way, and its
-ranges are taken from the end of the region, away from the arrays that come and go. On the 2-vCPU development VM this took the client's user CPU for a
-16-byte request from about 74 to about 49 µs (A/B of the two versions, spinning off).
+outputs small enough to copy out) over and over. The second time such a request goes the long
+way it becomes a `RepeatedCall`: its body is encoded once, inputs that are not in place are
+copied to a range of the region kept for it, its output window is kept too, so the server
+answers it with the same reply, byte for byte, each time; the caller only copies inputs in,
+sends, compares the reply and copies the outputs out. The kept ranges come from the end of the
+region, away from the arrays that come and go. On the 2-vCPU development VM this took the
+client's user CPU for a 16-byte request from about 74 to about 49 µs (A/B of the two versions,
+spinning off).
 """
 
 from __future__ import annotations
@@ -321,11 +322,7 @@ class Channel:
         layout = call.layout
         assert layout is not None  # set with the reply
         start = call.window[0]
-        span = self.region.buffer[start : start + layout.used_bytes].copy()
-        return {
-            name: np.ndarray(shape, dtype, buffer=span, offset=offset)
-            for name, dtype, shape, offset in layout.outputs
-        }
+        return _outputs(layout, self.region.buffer[start : start + layout.used_bytes].copy())
 
     def _keep_repeated(
         self, key: tuple[Any, ...], request: InferRequest, layout: OutputLayout
@@ -476,10 +473,7 @@ class Channel:
             self.arena.free(start + used, size - used)
             self.arena.lease(used)
             weakref.finalize(span, self.arena.release, start, used)
-        return {
-            name: np.ndarray(shape, dtype, buffer=span, offset=offset)
-            for name, dtype, shape, offset in layout.outputs
-        }
+        return _outputs(layout, span)
 
     def _grow(self, min_free_bytes: int) -> None:
         wanted = max(self.region.size_bytes * 2, self.region.size_bytes + min_free_bytes)
@@ -493,6 +487,14 @@ class Channel:
         old.close()
         self.arena.grow(size)
         self.call(Kind.ATTACH, Attach(self.region.name, size), Empty)
+
+
+def _outputs(layout: OutputLayout, span: np.ndarray[Any, Any]) -> Tensors:
+    """The output arrays of `layout` over `span`, the bytes of its window (no copy)."""
+    return {
+        name: np.ndarray(shape, dtype, buffer=span, offset=offset)
+        for name, dtype, shape, offset in layout.outputs
+    }
 
 
 def _unlink_if_owner(name: str, pid: int) -> None:

@@ -244,8 +244,7 @@ class Connection:
                 kind, request_id, body = self._read_frame()
                 self.spinner.answered()
                 self.server.count_in_flight(1)
-                if kind != Kind.INFER or not self._infer_planned(request_id, body):
-                    self._handle(kind, request_id, body)
+                self._handle(kind, request_id, body)
         except (EOFError, OSError):
             pass  # the client went away, possibly mid-message
         except _FrameError as exc:
@@ -330,7 +329,7 @@ class Connection:
         registry = self.server.registry
         prepared = self.prepared.get(body, registry.generation)
         if prepared is not None:  # the same request as before: decoded and validated already
-            if self._run(prepared, request_id):
+            if self._run_planned(prepared, request_id) or self._run(prepared, request_id):
                 return
             self.prepared.discard(body)  # its executor closed in a reload
         request = decode(InferRequest, body)
@@ -349,14 +348,14 @@ class Connection:
                 return
         raise FleetinferError(f"model {request.model!r} kept changing during the request: retry")
 
-    def _infer_planned(self, request_id: int, body: bytes) -> bool:
-        """The fast lane: a request this connection sent before, whose direct plan is made,
-        run right here when its model is idle (`ModelExecutor.run_planned`)."""
-        prepared = self.prepared.get(body, self.server.registry.generation)
-        if prepared is None or prepared.slot.plan is None:
+    def _run_planned(self, prepared: Prepared, request_id: int) -> bool:
+        """The fast lane: a layout whose direct plan is made runs right here when its model is
+        idle (`ModelExecutor.run_planned`); False, with nothing done, otherwise."""
+        plan = prepared.slot.plan
+        if plan is None:
             return False
-        plan, region = prepared.slot.plan, prepared.region
-        return prepared.executor.run_planned(plan, region, prepared.batch, self, request_id)
+        executor, region = prepared.executor, prepared.region
+        return executor.run_planned(plan, region, prepared.batch, self, request_id)
 
     def _run(self, prepared: Prepared, request_id: int) -> bool:
         """Run a validated layout as this request; False if its executor closed meanwhile."""
