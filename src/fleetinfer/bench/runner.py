@@ -211,33 +211,18 @@ def run_mode(config: BenchConfig, mode: str, number: int) -> RoundRun:
         return run_on_node(config, mode, number, workdir)
 
 
-TRITON_START_ATTEMPTS = 2
-
-
 @contextmanager
 def start_triton(config: BenchConfig) -> Iterator[TritonServer]:
-    """A ready Triton server; a start that hangs (seen once in 12 under a loaded machine: the
-    Python backend stuck loading a model) is stopped and tried once more before the row fails."""
+    """A ready Triton server (a failed start is tried once more: `TritonServer`)."""
     assert config.pytriton_python is not None
-    for attempt in range(1, TRITON_START_ATTEMPTS + 1):
-        server = TritonServer(
-            config.pytriton_python,
-            config.models,
-            threads=config.server_threads,
-            instances=config.server_executions,
-            start_timeout_s=120.0,
-        )
-        try:
-            server.__enter__()
-        except TritonServerError as exc:
-            if attempt == TRITON_START_ATTEMPTS:
-                raise TritonServerError(f"{exc} (start attempt {attempt} of {attempt})") from exc
-            continue
-        try:
-            yield server
-        finally:
-            server.__exit__()
-        return
+    with TritonServer(
+        config.pytriton_python,
+        config.models,
+        threads=config.server_threads,
+        instances=config.server_executions,
+        start_timeout_s=120.0,
+    ) as server:
+        yield server
 
 
 # -- node modes ------------------------------------------------------------------------------

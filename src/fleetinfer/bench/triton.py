@@ -3,13 +3,18 @@
 PyTriton's bundled tritonserver runs its Python stub only under Debian's /usr/bin/python3.11, so
 the server runs under that venv's python (`scripts/triton-venv.sh` builds `.venv-triton`), never
 under ours. `triton_unavailable()` names exactly what is missing; `TritonServer` starts it on free
-ports, waits for its ready file, and stops it (and its tritonserver) with SIGTERM.
+ports, waits for its ready file, and stops it (and its tritonserver) with SIGTERM. A start that
+fails is stopped and tried once more before it is an error: on a busy machine PyTriton now and
+then fails to load a model (its stub cannot reach the handshake socket: `ConnectionRefusedError`
+in `get_config_from_handshake_server`, then "load failed for model"), or the Python backend hangs
+loading one (seen once in 12 starts); the next start succeeds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import signal
 import socket
@@ -27,6 +32,7 @@ VENV_HINT = (
     "build it with `bash scripts/triton-venv.sh` (Debian's /usr/bin/python3.11 venv with "
     "nvidia-pytriton, onnxruntime, numpy) and pass --pytriton-python .venv-triton/bin/python"
 )
+log = logging.getLogger(__name__)
 
 
 def triton_unavailable(python: Path | None) -> str | None:
@@ -72,14 +78,12 @@ class TritonServer:
         threads: int,
         instances: int = 1,
         start_timeout_s: float = 180.0,
+        start_attempts: int = 2,
     ) -> None:
         self.python = python.absolute()  # not resolve(): a venv python is a symlink to keep
         self.models, self.threads, self.instances = models, threads, instances
-        self.start_timeout_s = start_timeout_s
-        self.http_port = free_port()
-        self._dir = Path(tempfile.mkdtemp(prefix="fleetinfer-triton-"))
-        self.log_path = self._dir / "triton.log"
-        self.ready_path = self._dir / "ready.json"  # not a stdout line: tritonserver logs there
+        self.start_timeout_s, self.start_attempts = start_timeout_s, start_attempts
+        self._new_workspace()
         self.process: subprocess.Popen[bytes] | None = None
         self.start_s = 0.0
         self._reader: threading.Thread | None = None
@@ -99,12 +103,36 @@ class TritonServer:
 
     def __enter__(self) -> TritonServer:
         started = time.monotonic()
-        log = self.log_path.open("ab")
+        for attempt in range(1, self.start_attempts + 1):
+            try:
+                self._start()
+                break
+            except TritonServerError as exc:
+                if attempt == self.start_attempts:
+                    raise TritonServerError(
+                        f"{exc} (start attempt {attempt} of {attempt})"
+                    ) from exc
+                log.warning("Triton did not start, starting it again: %s", exc)
+                self._new_workspace()  # `stop` removed the last one; fresh ports too
+        self.start_s = time.monotonic() - started
+        return self
+
+    def _new_workspace(self) -> None:
+        self.http_port = free_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="fleetinfer-triton-"))
+        self.log_path = self._dir / "triton.log"
+        self.ready_path = self._dir / "ready.json"  # not a stdout line: tritonserver logs there
+
+    def _start(self) -> None:
+        output = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.PIPE, stderr=log, cwd=self._dir
+            self.command(), stdout=subprocess.PIPE, stderr=output, cwd=self._dir
         )
         self._reader = threading.Thread(
-            target=self._read_stdout, args=(self.process, log), name="triton-stdout", daemon=True
+            target=self._read_stdout,
+            args=(self.process, output),
+            name="triton-stdout",
+            daemon=True,
         )
         self._reader.start()
         try:
@@ -112,8 +140,6 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
-        self.start_s = time.monotonic() - started
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -147,10 +173,10 @@ class TritonServer:
         if code is not None and self._reader is not None:
             self._reader.join(timeout=5.0)  # until its last output is in the log
         ended = f"it exited with code {code}" if code is not None else "it did not answer"
-        log = self.log_path.read_text(errors="replace").strip()[-800:]
+        tail = self.log_path.read_text(errors="replace").strip()[-800:]
         raise TritonServerError(
             f"the Triton server ({' '.join(self.command()[:2])}) was not ready within "
-            f"{self.start_timeout_s:g} s ({ended}); its log ends: {log}"
+            f"{self.start_timeout_s:g} s ({ended}); its log ends: {tail}"
         )
 
     def stop(self) -> None:
