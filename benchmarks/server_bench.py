@@ -10,7 +10,9 @@ Rows (one JSON object on stdout, or in --json):
   variant, `relay`, is the bound of any design that hands each call to another process: a relay
   server runs the same model on a fixed input in one thread per connection each time its client
   sends one byte, and answers with one byte (no framing, validation or shared memory: only the two
-  wake-ups of a call and a minimal Python loop on each end).
+  wake-ups of a call and a minimal Python loop on each end). A fifth, `shared_queued`, runs
+  `--queued-clients` clients (inputs in place) on the same W executions: more clients than
+  executions, as in a node whose workers outnumber its cores, so requests queue.
 - `overhead`: an identity model with a 2 MiB input, one client, sequential requests: median
   latency through the server minus median latency of the same model in process.
 - `memory`: 8 workers that have each run CDNet: total PSS (`/proc/<pid>/smaps_rollup`) of 8
@@ -383,24 +385,25 @@ def samples_per_s(pool: list[Worker], seconds: float, *, in_place: bool = False)
 
 def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list[float]] = {"inprocess": [], "shared": [], "shared_in_place": []}
-    runs["relay"] = []
+    runs["relay"], runs["shared_queued"] = [], []
     sock, relay_sock = tmp / "t.sock", tmp / "relay.sock"
     with (
         server(repo, sock, args.threads, args.workers),
         workers("shared", sock, "cdnet", args.threads, args.workers) as shared,
+        workers("shared", sock, "cdnet", args.threads, args.queued_clients) as queued,
         workers("inprocess", repo, "cdnet", args.threads, args.workers) as local,
         relay_server(repo, relay_sock),
         workers("relay", relay_sock, "cdnet", 1, args.workers) as relay,
         triton_pool(repo, tmp, args) as triton,
     ):
         order = [("inprocess", local), ("shared", shared), ("shared_in_place", shared)]
-        order.append(("relay", relay))
+        order += [("relay", relay), ("shared_queued", queued)]
         if triton:
             order.append(("triton", triton))
             runs["triton"] = []
         for r in range(args.rounds):
             for name, pool in order if r % 2 == 0 else order[::-1]:
-                in_place = name == "shared_in_place"
+                in_place = name in ("shared_in_place", "shared_queued")
                 runs[name].append(samples_per_s(pool, args.seconds, in_place=in_place))
     ratios = _paired_ratios(runs["shared"], runs["inprocess"])
     args.triton_runs = runs.get("triton"), runs["inprocess"]
@@ -415,6 +418,11 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
         "shared_in_place_samples_per_s": statistics.median(runs["shared_in_place"]),
         "ratio_in_place_median": statistics.median(
             _paired_ratios(runs["shared_in_place"], runs["inprocess"])
+        ),
+        "queued_clients": args.queued_clients,
+        "shared_queued_samples_per_s": statistics.median(runs["shared_queued"]),
+        "ratio_queued_median": statistics.median(
+            _paired_ratios(runs["shared_queued"], runs["inprocess"])
         ),
         "relay_samples_per_s": statistics.median(runs["relay"]),
         "ratio_relay_median": statistics.median(_paired_ratios(runs["relay"], runs["inprocess"])),
@@ -642,6 +650,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per round and variant")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="ORT threads per execution")
+    parser.add_argument(
+        "--queued-clients", type=int, default=4, help="clients of the shared_queued variant"
+    )
     parser.add_argument("--latency-requests", type=int, default=300)
     parser.add_argument("--memory-workers", type=int, default=8)
     parser.add_argument(

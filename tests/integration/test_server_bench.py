@@ -28,10 +28,12 @@ def test_a_short_server_bench_run_reports_every_row_with_its_fields(tmp_path: Pa
     throughput = report["throughput"]
     for key in (
         "inprocess_samples_per_s", "shared_samples_per_s", "shared_in_place_samples_per_s",
-        "relay_samples_per_s",
+        "relay_samples_per_s", "shared_queued_samples_per_s",
     ):  # fmt: skip
         assert throughput[key] > 0
-    assert {"ratio_median", "ratio_in_place_median", "ratio_relay_median"} <= throughput.keys()
+    ratios = {"ratio_median", "ratio_in_place_median", "ratio_relay_median", "ratio_queued_median"}
+    assert ratios <= throughput.keys()
+    assert throughput["queued_clients"] == 4
     for row in (report["overhead"], report["overhead"]["fixed_cost_16_bytes"]):
         assert row["shared_median_us"] > 0
         assert row["inprocess_median_us"] > 0
