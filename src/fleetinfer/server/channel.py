@@ -279,11 +279,11 @@ class Channel:
         arrays = _arrays(inputs)
         for _ in range(3):
             try:
-                outputs, request, layout = self._infer_once(model, arrays, version)
+                outputs, request, layout, copied = self._infer_once(model, arrays, version)
             except OutputSpaceError as exc:
                 self._grow(exc.needed_bytes + sum(aligned(a.nbytes) for a in arrays.values()))
                 continue
-            self._keep_repeated(key, request, layout)
+            self._keep_repeated(key, request, layout, copied)
             return outputs
         raise PayloadTooLargeError("the outputs", self.region.size_bytes, self.max_region_bytes)
 
@@ -325,11 +325,15 @@ class Channel:
         return _outputs(layout, self.region.buffer[start : start + layout.used_bytes].copy())
 
     def _keep_repeated(
-        self, key: tuple[Any, ...], request: InferRequest, layout: OutputLayout
+        self,
+        key: tuple[Any, ...],
+        request: InferRequest,
+        layout: OutputLayout,
+        copied_in: frozenset[str],
     ) -> None:
         """After a request went the long way: keep it as a `RepeatedCall` when its outputs are
         copied out and the region can spare the ranges it keeps (a range of its own for each
-        input not in place, and the output window)."""
+        input not in place, `copied_in`, and the output window)."""
         if not key or layout.used_bytes > COPY_OUT_MAX_BYTES or key in self._repeated:
             return
         if key not in self._seen_once:  # keep only what repeats: remember it the first time
@@ -338,10 +342,7 @@ class Channel:
             self._seen_once.add(key)
             return
         self._seen_once.discard(key)
-        in_place = key[5::4]  # each input's offset in the key, None if copied in
-        copied = [
-            ref for ref, offset in zip(request.inputs, in_place, strict=True) if offset is None
-        ]
+        copied = [ref for ref in request.inputs if ref.name in copied_in]
         sizes = [aligned(max(n, 1)) for n in [*(ref.nbytes for ref in copied), layout.used_bytes]]
         if self._repeated_bytes + sum(sizes) > self.region.size_bytes // REPEATED_SHARE_MAX:
             return
@@ -387,7 +388,9 @@ class Channel:
 
     def _infer_once(
         self, model: str, arrays: Tensors, version: int | None
-    ) -> tuple[Tensors, InferRequest, OutputLayout]:
+    ) -> tuple[Tensors, InferRequest, OutputLayout, frozenset[str]]:
+        """One request the long way: its outputs, the request and reply layout, and the names
+        of the inputs copied into the region for it (the others lay there already)."""
         staged = [self._place(name, array) for name, array in arrays.items()]
         window = self.arena.take_largest()
         try:
@@ -401,7 +404,8 @@ class Channel:
             for ref, copied in staged:
                 if copied:
                     self.arena.free(ref.offset, aligned(max(ref.nbytes, 1)))
-        return self._collect(layout, window), request, layout
+        copied_in = frozenset(ref.name for ref, copied in staged if copied)
+        return self._collect(layout, window), request, layout, copied_in
 
     def _place(self, name: str, array: np.ndarray[Any, Any]) -> tuple[TensorRef, bool]:
         """Where `array` lies in the region: in place if it already does (an `empty()`
