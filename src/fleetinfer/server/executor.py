@@ -183,16 +183,12 @@ class ModelExecutor:
                 return False
             self._busy += 1
         try:
-            if not plan.lock.acquire(blocking=False):
+            start_ns = time.perf_counter_ns()
+            region.check_intact()
+            if not self._run_bound(plan):
                 return False
-            try:
-                start_ns = time.perf_counter_ns()
-                region.check_intact()
-                self.model.session.run_with_iobinding(plan.binding)
-            except Exception:
-                return False
-            finally:
-                plan.lock.release()
+        except Exception:
+            return False
         finally:
             self._release()
         compute_us = (time.perf_counter_ns() - start_ns) // 1000
@@ -411,10 +407,9 @@ class ModelExecutor:
                 return False
             if p.slot is not None:
                 p.slot.plan = plan
-        if not plan.lock.acquire(blocking=False):
-            return False  # the same layout already runs (a client pipelining): copy this one
         try:
-            self.model.session.run_with_iobinding(plan.binding)
+            if not self._run_bound(plan):
+                return False  # the same layout already runs (a client pipelining): copy this one
         except Exception as exc:  # e.g. the model's output shape is not the configured one
             log.warning(
                 "%s: direct output disabled, falling back to copies: %s", self.config.name, exc
@@ -423,10 +418,19 @@ class ModelExecutor:
             if p.slot is not None:
                 p.slot.plan = None
             return False
-        finally:
-            plan.lock.release()
         self._account([p], start_ns, (time.perf_counter_ns() - start_ns) // 1000)
         p.sink.reply_ok(p.request_id, plan.reply)
+        return True
+
+    def _run_bound(self, plan: DirectPlan) -> bool:
+        """Run `plan`'s I/O binding; False, not run, while another thread runs the same layout.
+        A failed run raises: the fast lane and the long way differ in what it means."""
+        if not plan.lock.acquire(blocking=False):
+            return False
+        try:
+            self.model.session.run_with_iobinding(plan.binding)
+        finally:
+            plan.lock.release()
         return True
 
     def _plan(self, p: Pending, *, cached: bool) -> DirectPlan | None:
