@@ -139,7 +139,8 @@ class ModelExecutor:
         self.merge_limit = max(preferred) if preferred else self.config.max_batch_size
         self._direct = self.batchable and all(-1 not in s.shape[1:] for s in self.config.outputs)
         self._queue: deque[Pending] = deque()
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # taken directly (C), not through `_cond` (Python calls)
+        self._cond = threading.Condition(self._lock)
         self._busy = 0
         self._closed = False
         self._helpers: ThreadPoolExecutor | None = None  # runs slices on idle instances
@@ -155,7 +156,7 @@ class ModelExecutor:
 
     def submit(self, pending: Pending) -> bool:
         """Run or queue `pending`; False if this executor was closed (re-resolve the model)."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return False
             inline = self._busy < self.instances and not self._queue and self.delay_ns == 0
@@ -178,7 +179,7 @@ class ModelExecutor:
         nothing queues, run its direct plan on the calling thread and answer. False, with
         nothing done, otherwise or on any error: the caller then submits the request as usual,
         which checks, runs and answers it (errors included) the long way."""
-        with self._cond:
+        with self._lock:
             if self._busy >= self.instances or self._queue or self._closed or self.delay_ns:
                 return False
             self._busy += 1
@@ -198,7 +199,7 @@ class ModelExecutor:
 
     def close(self) -> None:
         """Accept nothing new; queued requests still run, then the batcher threads exit."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             self._cond.notify_all()
             helpers, self._helpers = self._helpers, None
@@ -218,10 +219,12 @@ class ModelExecutor:
 
     def _reassign(self, instances: int) -> Spread | None:
         """Free `instances`, or keep them for the sliced request they should help (returned)."""
-        with self._cond:
+        with self._lock:
             self._busy -= instances
             if self._queue or self._closed:  # wake batchers only when there is work for them
                 self._cond.notify(instances)
+                return None
+            if not self._spreads:
                 return None
             spread = self._spread_with_slices_left()
             if spread is not None:
@@ -237,7 +240,7 @@ class ModelExecutor:
                 pool.submit(self._help, spread)
                 started += 1
         except RuntimeError:  # the pool shut down: this executor closed meanwhile
-            with self._cond:
+            with self._lock:
                 self._busy -= instances - started
 
     def _serve_queue(self) -> None:
@@ -253,7 +256,7 @@ class ModelExecutor:
                 self._release()
 
     def _next_batch(self) -> list[Pending] | None:
-        with self._cond:
+        with self._lock:
             while not (self._queue and self._busy < self.instances):
                 if self._closed and not self._queue:
                     return None
@@ -328,14 +331,14 @@ class ModelExecutor:
         if total <= self.merge_limit:
             return self.model.run(inputs)
         spread = Spread(even_slices(inputs, self.merge_limit))
-        with self._cond:
+        with self._lock:
             self._spreads.append(spread)
             helpers = self._claim_idle(len(spread.slices) - 1)
         try:
             self._start_helpers(spread, helpers)
             spread.work(self.model.run)
         finally:
-            with self._cond:
+            with self._lock:
                 self._spreads.remove(spread)
         spread.finished.wait()  # slices other instances took: they answer shortly
         if spread.error is not None:
@@ -362,7 +365,7 @@ class ModelExecutor:
         return claimed
 
     def _helper_pool(self) -> ThreadPoolExecutor:
-        with self._cond:
+        with self._lock:
             if self._helpers is None:
                 self._helpers = ThreadPoolExecutor(
                     self.instances, thread_name_prefix=f"slices-{self.config.name}"

@@ -86,8 +86,7 @@ class ModelServer:
         self._stopped = threading.Event()
         self._ready = False
         self.readable = select.epoll()  # every connection's socket: has any client sent data?
-        self.in_flight = 0  # requests read and not yet answered
-        self._in_flight_lock = threading.Lock()
+        self._serving: tuple[Connection, ...] = ()  # `_connections`, read without the lock
 
     @property
     def ready(self) -> bool:
@@ -160,17 +159,20 @@ class ModelServer:
                 return
             with self._lock:
                 self._connections.add(connection)
+                self._serving = tuple(self._connections)
             threading.Thread(target=connection.run, name="fleetinfer-conn", daemon=True).start()
 
     def forget(self, connection: Connection) -> None:
         with self._lock:
             self._connections.discard(connection)
+            self._serving = tuple(self._connections)
         with contextlib.suppress(OSError, ValueError):  # ValueError: the server stopped
             self.readable.unregister(connection.sock)
 
-    def count_in_flight(self, delta: int) -> None:
-        with self._in_flight_lock:
-            self.in_flight += delta
+    @property
+    def in_flight(self) -> int:
+        """Requests read and not yet answered, over every connection."""
+        return sum(c.requests_read - c.requests_answered for c in self._serving)
 
     def others_need_the_gil(self) -> bool:
         """Whether a spinning connection thread should stop: a request is being served, or a
@@ -235,6 +237,9 @@ class Connection:
         self._view = memoryview(self._buf)
         self._start = self._end = 0
         self.spinner = Spinner(server.config.spin_us)
+        # in flight = read - answered; each counter has one writer (`run`; whoever holds the
+        # send lock), so neither needs a lock of its own on the request path
+        self.requests_read = self.requests_answered = 0
 
     def run(self) -> None:
         try:
@@ -243,8 +248,9 @@ class Connection:
                     self.spinner.spin(self.server.others_need_the_gil)
                 kind, request_id, body = self._read_frame()
                 self.spinner.answered()
-                self.server.count_in_flight(1)
-                self._handle(kind, request_id, body)
+                self.requests_read += 1
+                if kind != Kind.INFER or not self._run_repeated(request_id, body):
+                    self._handle(kind, request_id, body)
         except (EOFError, OSError):
             pass  # the client went away, possibly mid-message
         except _FrameError as exc:
@@ -265,8 +271,13 @@ class Connection:
     def _answer(self, kind: int, request_id: int, body: msgspec.Struct | bytes) -> None:
         """The one reply to a request `run` has read; counted out first, so that a client that
         has its reply never sees the request still in flight."""
-        self.server.count_in_flight(-1)
-        self._send(kind, request_id, body)
+        data = frame(kind, request_id, body)
+        with self._send_lock:
+            self.requests_answered += 1
+            try:  # noqa: SIM105 - on every request: `suppress` would cost two Python calls
+                self.sock.sendall(data)
+            except OSError:
+                pass  # the client went away: `run` notices and cleans up
 
     def _send(self, kind: int, request_id: int, body: msgspec.Struct | bytes) -> None:
         data = frame(kind, request_id, body)
@@ -274,7 +285,10 @@ class Connection:
             self.sock.sendall(data)
 
     def _read_frame(self) -> tuple[int, int, bytes]:
-        magic, version, kind, request_id, length = HEADER.unpack(self._take(HEADER.size))
+        """The next frame; its header and body usually came in one recv."""
+        if self._end - self._start < HEADER.size:
+            self._fill(HEADER.size)
+        magic, version, kind, request_id, length = HEADER.unpack_from(self._buf, self._start)
         if magic != MAGIC or version != PROTOCOL_VERSION:
             raise _FrameError(
                 f"frame header has magic {magic!r} version {version}, expected {MAGIC!r} "
@@ -282,9 +296,18 @@ class Connection:
             )
         if length > MAX_BODY_BYTES:
             raise _FrameError(f"frame body of {length} bytes is above {MAX_BODY_BYTES} bytes")
-        return kind, request_id, self._take(length)
+        if self._end - self._start < HEADER.size + length:
+            self._fill(HEADER.size + length)
+        start = self._start + HEADER.size
+        body = bytes(self._view[start : start + length])
+        self._start = start + length
+        if self._start == self._end:
+            self._start = self._end = 0
+        return kind, request_id, body
 
-    def _take(self, n: int) -> bytes:
+    def _fill(self, n: int) -> None:
+        """Receive until the buffer holds at least `n` unread bytes; EOFError if the client
+        closed the connection."""
         while self._end - self._start < n:
             if self._start:
                 self._buf[: self._end - self._start] = self._buf[self._start : self._end]
@@ -293,11 +316,6 @@ class Connection:
             if got == 0:
                 raise EOFError
             self._end += got
-        data = bytes(self._view[self._start : self._start + n])
-        self._start += n
-        if self._start == self._end:
-            self._start = self._end = 0
-        return data
 
     def _handle(self, kind: int, request_id: int, body: bytes) -> None:
         try:
@@ -323,13 +341,24 @@ class Connection:
                 f"unknown frame kind {kind}: expected one of 1 (attach), 2 (infer), 3, 4"
             )
 
+    def _run_repeated(self, request_id: int, body: bytes) -> bool:
+        """The fast lane, tried first for every request: one this connection sent before, byte
+        for byte, whose direct plan is made, runs right here when its model is idle
+        (`ModelExecutor.run_planned`). False, with nothing done, otherwise: `_infer` then
+        takes it the long way, errors included."""
+        prepared = self.prepared.get(body, self.server.registry.generation)
+        if prepared is None or prepared.slot.plan is None:
+            return False
+        executor, plan = prepared.executor, prepared.slot.plan
+        return executor.run_planned(plan, prepared.region, prepared.batch, self, request_id)
+
     def _infer(self, request_id: int, body: bytes) -> None:
         if self.region is None:
             raise _malformed("infer before attach: attach a shared-memory region first")
         registry = self.server.registry
         prepared = self.prepared.get(body, registry.generation)
         if prepared is not None:  # the same request as before: decoded and validated already
-            if self._run_planned(prepared, request_id) or self._run(prepared, request_id):
+            if self._run(prepared, request_id):  # `run` tried the fast lane already
                 return
             self.prepared.discard(body)  # its executor closed in a reload
         request = decode(InferRequest, body)
@@ -347,15 +376,6 @@ class Connection:
                 self.prepared.put(body, prepared)
                 return
         raise FleetinferError(f"model {request.model!r} kept changing during the request: retry")
-
-    def _run_planned(self, prepared: Prepared, request_id: int) -> bool:
-        """The fast lane: a layout whose direct plan is made runs right here when its model is
-        idle (`ModelExecutor.run_planned`); False, with nothing done, otherwise."""
-        plan = prepared.slot.plan
-        if plan is None:
-            return False
-        executor, region = prepared.executor, prepared.region
-        return executor.run_planned(plan, region, prepared.batch, self, request_id)
 
     def _run(self, prepared: Prepared, request_id: int) -> bool:
         """Run a validated layout as this request; False if its executor closed meanwhile."""
