@@ -8,18 +8,17 @@ Modes, chosen by configuration:
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 
 from fleetinfer.errors import ConfigError, ServerUnavailableError, UnknownModelError
-from fleetinfer.server.channel import REPLY_SPIN_US, Channel, ChannelBrokenError
+from fleetinfer.server.channel import REPLY_SPIN_US, Channel, ChannelBrokenError, forks_so_far
 from fleetinfer.server.protocol import default_socket_path
 from fleetinfer.server.repository import ModelRepository
 
@@ -32,6 +31,7 @@ CLIENT_MODES = ("inprocess", "shared", "triton")
 
 Tensors = dict[str, np.ndarray[Any, Any]]
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class ModelHandle(Protocol):
@@ -178,26 +178,26 @@ class SharedModelClient(ModelClient):
         self._lock = threading.Lock()
 
     def model(self, name: str) -> ModelHandle:
-        self._call(lambda channel: channel.model_info(name))  # unknown names fail here
+        self._call(Channel.model_info, name)  # unknown names fail here
         return _RemoteHandle(self, name)
 
     def infer(
         self, model: str, inputs: Mapping[str, Any], *, version: int | None = None
     ) -> Tensors:
-        return self._call(lambda channel: channel.infer(model, inputs, version))
+        return self._call(Channel.infer, model, inputs, version)  # no closure per call
 
     def empty(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray[Any, Any]:
-        return self._call(lambda channel: channel.empty(tuple(shape), np.dtype(dtype)))
+        return self._call(Channel.empty, tuple(shape), np.dtype(dtype))
 
     def versions(self, model: str) -> tuple[int, ...]:
-        return self._call(lambda channel: channel.model_info(model)).versions
+        return self._call(Channel.model_info, model).versions
 
     def control(
         self, action: str, model: str = "", version: int | None = None
     ) -> dict[str, tuple[int, ...]]:
         """`load` / `unload` / `reload` a model (or a version) in the server; `status`.
         Returns the loaded versions of every model afterwards."""
-        return self._call(lambda channel: channel.control(action, model, version)).loaded
+        return self._call(Channel.control, action, model, version).loaded
 
     def close(self) -> None:
         with self._lock:
@@ -206,15 +206,17 @@ class SharedModelClient(ModelClient):
             channel.close()
         self._local = threading.local()
 
-    def _call(self, request: Callable[[Channel], T]) -> T:
+    def _call(
+        self, request: Callable[Concatenate[Channel, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
         channel = self._channel()
         try:
-            return request(channel)
+            return request(channel, *args, **kwargs)
         except ChannelBrokenError:
             self._drop(channel)
         channel = self._channel()  # the server restarted: reconnect and retry once
         try:
-            return request(channel)
+            return request(channel, *args, **kwargs)
         except ChannelBrokenError as exc:
             self._drop(channel)
             raise ServerUnavailableError(
@@ -223,7 +225,7 @@ class SharedModelClient(ModelClient):
 
     def _channel(self) -> Channel:
         channel: Channel | None = getattr(self._local, "channel", None)
-        if channel is None or channel.pid != os.getpid():
+        if channel is None or channel.forks != forks_so_far():  # a forked child needs its own
             channel = self._connect()
             self._local.channel = channel
             with self._lock:
