@@ -112,6 +112,21 @@ def test_an_empty_array_is_read_in_place_and_equals_a_copied_input(
     assert inprocess_empty.dtype == np.float32
 
 
+def test_an_empty_array_is_placed_by_its_recorded_address_until_it_is_collected(
+    client: SharedModelClient,
+) -> None:
+    channel = client._channel()
+    x = client.empty((2, FEATURES), np.float32)
+    row = x[1]  # a view: not handed out, so placed the slow way (`__array_interface__`)
+    assert channel._offset_in_region(row) == channel._offset_in_region(x) + FEATURES * 4
+    assert x.__array_interface__["data"][0] - channel.region.address == channel._offset_in_region(x)
+    x.dtype = np.int32  # same bytes, another dtype: still in place, same offset
+    assert channel._offset_in_region(x) == channel._offset_in_region(row) - FEATURES * 4
+    assert len(channel._handed_out) == 1
+    del x, row
+    assert channel._handed_out == {}  # no record outlives its array
+
+
 def test_holding_many_outputs_does_not_grow_the_region_without_bound(
     client: SharedModelClient,
 ) -> None:
