@@ -8,8 +8,10 @@ Modes, chosen by configuration:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 import numpy as np
 
 from fleetinfer.errors import ConfigError, ServerUnavailableError, UnknownModelError
-from fleetinfer.server.channel import REPLY_SPIN_US, Channel, ChannelBrokenError, forks_so_far
+from fleetinfer.server.channel import REPLY_SPIN_US, Channel, ChannelBrokenError
 from fleetinfer.server.protocol import default_socket_path
 from fleetinfer.server.repository import ModelRepository
 
@@ -173,6 +175,11 @@ class SharedModelClient(ModelClient):
         self.connect_timeout_s = connect_timeout_s
         self.region_bytes, self.max_region_bytes = region_bytes, max_region_bytes
         self.spin_us = spin_us
+        self._forget_channels()
+        _LIVE_CLIENTS.add(self)
+
+    def _forget_channels(self) -> None:
+        """No channel yet; also what a forked child does with its parent's (`_after_fork`)."""
         self._local = threading.local()
         self._channels: list[Channel] = []
         self._lock = threading.Lock()
@@ -184,7 +191,14 @@ class SharedModelClient(ModelClient):
     def infer(
         self, model: str, inputs: Mapping[str, Any], *, version: int | None = None
     ) -> Tensors:
-        return self._call(Channel.infer, model, inputs, version)  # no closure per call
+        channel: Channel | None = getattr(self._local, "channel", None)
+        if channel is None:
+            return self._call(Channel.infer, model, inputs, version)
+        try:  # `_call`, inlined: each Python call on this path costs CPU a model call needs
+            return channel.infer(model, inputs, version)
+        except ChannelBrokenError:
+            self._drop(channel)
+        return self._retry(Channel.infer, model, inputs, version)
 
     def empty(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray[Any, Any]:
         return self._call(Channel.empty, tuple(shape), np.dtype(dtype))
@@ -214,7 +228,13 @@ class SharedModelClient(ModelClient):
             return request(channel, *args, **kwargs)
         except ChannelBrokenError:
             self._drop(channel)
-        channel = self._channel()  # the server restarted: reconnect and retry once
+        return self._retry(request, *args, **kwargs)
+
+    def _retry(
+        self, request: Callable[Concatenate[Channel, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """The connection broke (the server restarted): reconnect and send the request once more."""
+        channel = self._channel()
         try:
             return request(channel, *args, **kwargs)
         except ChannelBrokenError as exc:
@@ -225,7 +245,7 @@ class SharedModelClient(ModelClient):
 
     def _channel(self) -> Channel:
         channel: Channel | None = getattr(self._local, "channel", None)
-        if channel is None or channel.forks != forks_so_far():  # a forked child needs its own
+        if channel is None:
             channel = self._connect()
             self._local.channel = channel
             with self._lock:
@@ -257,6 +277,19 @@ class SharedModelClient(ModelClient):
                         "`fleetinfer serve --models <repo>` or point socket_path at it"
                     ) from exc
                 time.sleep(0.05)
+
+
+_LIVE_CLIENTS: weakref.WeakSet[SharedModelClient] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    """In a forked child: its parent's connections and regions are not its own; each client
+    connects anew on its next call (the parent's regions stay the parent's to unlink)."""
+    for client in _LIVE_CLIENTS:
+        client._forget_channels()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class TritonModelClient(ModelClient):

@@ -28,7 +28,7 @@ from fleetinfer.errors import (
 from fleetinfer.server.executor import ModelExecutor
 from fleetinfer.server.server import ModelServer
 from fleetinfer.server.shm import SHM_DIR, our_segments
-from tests.helpers.servers import FEATURES, start_server
+from tests.helpers.servers import FEATURES, instances_given_back, start_server
 from tests.helpers.tiny_models import affine_repository, write_config
 
 
@@ -78,7 +78,7 @@ def test_a_region_shrunk_under_a_cached_layout_is_refused_before_it_is_read(
     os.ftruncate(region.fd, region.size_bytes // 2)  # the inputs stay in the first half
     with pytest.raises(MalformedMessageError, match="shrank"):
         handle.infer({"x": x})
-    assert _instances_given_back(server, "affine")  # the error goes out just before that
+    assert instances_given_back(server, "affine")  # the error goes out just before that
     fresh = SharedModelClient(server.config.socket_path)
     try:
         assert fresh.model("affine").infer({"x": x})["y"].tolist() == [[4.0] * 4]
@@ -473,7 +473,7 @@ def test_the_slices_of_a_large_request_run_side_by_side_on_idle_instances(
         x = np.arange(32, dtype=np.float32).reshape(8, 4)
         np.testing.assert_array_equal(client.model("affine").infer({"x": x})["y"], x * 3 + 1)
         assert len(threads) == 2
-        assert _instances_given_back(server, "affine")
+        assert instances_given_back(server, "affine")
 
 
 def test_an_instance_that_frees_up_takes_the_slices_left_of_a_request_running_alone(
@@ -510,7 +510,7 @@ def test_an_instance_that_frees_up_takes_the_slices_left_of_a_request_running_al
         after = {thread for start, thread in slices if start > small_done[0]}
         assert len(before) == 1  # alone at first: no instance was idle
         assert after - before  # then the freed instance took slices too
-        assert _instances_given_back(server, "affine")
+        assert instances_given_back(server, "affine")
 
 
 def test_a_failing_slice_fails_its_request_and_the_instances_are_given_back(
@@ -528,17 +528,9 @@ def test_a_failing_slice_fails_its_request_and_the_instances_are_given_back(
     with sliced_affine(repo, short_dir / "fail.sock", 2, last_slice_fails) as (server, client):
         with pytest.raises(InferenceError, match="the last slice failed"):
             client.model("affine").infer({"x": np.ones((5, 4), np.float32)})
-        assert _instances_given_back(server, "affine")
+        assert instances_given_back(server, "affine")
         y = client.model("affine").infer({"x": np.ones((4, 4), np.float32)})["y"]
         np.testing.assert_array_equal(y, 4.0)
-
-
-def _instances_given_back(server: ModelServer, model: str) -> bool:
-    """Whether every instance is free again (the reply goes out just before that)."""
-    deadline = time.monotonic() + 5.0
-    while server.registry.resolve(model)._busy and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return server.registry.resolve(model)._busy == 0
 
 
 def test_every_request_is_counted_out_once_answered_so_spinning_resumes(

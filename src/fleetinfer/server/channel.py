@@ -38,7 +38,8 @@ from fleetinfer.server.protocol import (
     HEADER,
     MAGIC,
     MAX_BODY_BYTES,
-    PROTOCOL_VERSION,
+    REQUEST_ID,
+    REQUEST_ID_AT,
     Attach,
     ControlReply,
     ControlRequest,
@@ -84,30 +85,15 @@ class OutputLayout(NamedTuple):
 @dataclass(slots=True)
 class RepeatedCall:
     """A request sent again and again, encoded once (module docstring). `reply` is None until
-    the first answer, whose checked layout it then is (a different later reply is checked anew)."""
+    the first answer; `outputs` are then its outputs, checked, as views of the window, which each
+    call copies out (a different later reply is checked anew)."""
 
     frame: bytearray  # header and body; each call writes its request id into the header
-    size: int  # of the body
     staged: tuple[tuple[str, np.ndarray[Any, Any]], ...]  # inputs copied here on each call
     window: tuple[int, int]
     kept: tuple[tuple[int, int], ...]  # the ranges of the region it keeps: staging and window
     reply: bytes | None = None
-    layout: OutputLayout | None = None
-
-
-_forks = [0]  # forks this process has come out of (`os.register_at_fork`): a count, no syscall
-
-
-def _count_fork() -> None:
-    _forks[0] += 1
-
-
-os.register_at_fork(after_in_child=_count_fork)
-
-
-def forks_so_far() -> int:
-    """How many forks made this process: a channel made before the last one is its parent's."""
-    return _forks[0]
+    outputs: tuple[tuple[str, np.ndarray[Any, Any]], ...] = ()  # views of `reply`'s outputs
 
 
 class ChannelBrokenError(ConnectionError):
@@ -194,7 +180,7 @@ class Channel:
         spin_us: float = REPLY_SPIN_US,
     ) -> None:
         self.sock, self.region, self.max_region_bytes = sock, region, max_region_bytes
-        self.pid, self.forks = os.getpid(), forks_so_far()
+        self.pid = os.getpid()
         self.spinner = Spinner(spin_us)
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
@@ -347,19 +333,21 @@ class Channel:
         for name, staging in call.staged:
             np.copyto(staging, inputs[name])
         request_id = next(self._ids) & 0xFFFFFFFF
-        HEADER.pack_into(call.frame, 0, MAGIC, PROTOCOL_VERSION, Kind.INFER, request_id, call.size)
+        REQUEST_ID.pack_into(call.frame, REQUEST_ID_AT, request_id)
         try:
             payload = self._send_frame(call.frame, request_id)
         except OutputSpaceError:  # the model's outputs grew: no longer fit the kept window
             self._drop_repeated()
             return None
         if payload != call.reply:
-            call.layout = self._layout(payload, call.window)
+            layout, start = self._layout(payload, call.window), call.window[0]
+            span = self.region.buffer[start : start + layout.used_bytes]
+            call.outputs = tuple(_outputs(layout, span).items())
             call.reply = payload
-        layout = call.layout
-        assert layout is not None  # set with the reply
-        start = call.window[0]
-        return _outputs(layout, self.region.buffer[start : start + layout.used_bytes].copy())
+        outputs: Tensors = {}
+        for name, view in call.outputs:  # a loop: 3.11 makes a function per comprehension
+            outputs[name] = view.copy()  # 2 µs less per call than one copy cut into arrays
+        return outputs
 
     def _keep_repeated(
         self,
@@ -401,7 +389,7 @@ class Channel:
         body = encode(InferRequest(request.model, request.version, refs, *window))
         ranges = tuple(zip(kept, sizes, strict=True))
         call_frame = bytearray(frame(Kind.INFER, 0, body))
-        self._repeated[key] = RepeatedCall(call_frame, len(body), staged, window, ranges)
+        self._repeated[key] = RepeatedCall(call_frame, staged, window, ranges)
         self._repeated_bytes += sum(sizes)
 
     def _alloc_all(self, sizes: list[int]) -> list[int] | None:

@@ -31,6 +31,8 @@ from fleetinfer.errors import (
 MAGIC: Final = b"FI"
 PROTOCOL_VERSION: Final = 1
 HEADER: Final = struct.Struct("<2sBBII")  # magic, version, kind, request id, body length
+REQUEST_ID: Final = struct.Struct("<I")  # a header's request id alone, at REQUEST_ID_AT
+REQUEST_ID_AT: Final = struct.calcsize("<2sBB")
 MAX_BODY_BYTES: Final = 64 * 1024
 ALIGNMENT_BYTES: Final = 64
 
