@@ -40,6 +40,7 @@ def test_a_repeated_call_copies_fresh_inputs_and_returns_outputs_of_their_own(
     outputs = [handle.infer({"x": np.full((2, 4), float(i), np.float32)})["y"] for i in range(6)]
     for i, y in enumerate(outputs):  # each call's outputs were copied out: none overwritten
         assert y.tolist() == [[i * 3.0 + 1.0] * 4] * 2
+        assert not np.shares_memory(y, channel_of(client).region.buffer)
     (call,) = channel_of(client)._repeated.values()
     assert [name for name, _ in call.staged] == ["x"]  # copied in: a range of its own
 
