@@ -12,7 +12,9 @@ Rows (one JSON object on stdout, or in --json):
   sends one byte, and answers with one byte (no framing, validation or shared memory: only the two
   wake-ups of a call and a minimal Python loop on each end). A fifth, `shared_queued`, runs
   `--queued-clients` clients (inputs in place) on the same W executions: more clients than
-  executions, as in a node whose workers outnumber its cores, so requests queue.
+  executions, as in a node whose workers outnumber its cores, so requests queue. In-place runs
+  right after in process (before it in the reversed rounds), as the host drifts within a round;
+  its per-round quartiles and its ratio to the relay are reported too.
 - `overhead`: an identity model with a 2 MiB input, one client, sequential requests: median
   latency through the server minus median latency of the same model in process.
 - `memory`: 8 workers that have each run CDNet: total PSS (`/proc/<pid>/smaps_rollup`) of 8
@@ -396,7 +398,8 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
         workers("relay", relay_sock, "cdnet", 1, args.workers) as relay,
         triton_pool(repo, tmp, args) as triton,
     ):
-        order = [("inprocess", local), ("shared", shared), ("shared_in_place", shared)]
+        # the headline variant next to its baseline both ways round: the host drifts within a round
+        order = [("inprocess", local), ("shared_in_place", shared), ("shared", shared)]
         order += [("relay", relay), ("shared_queued", queued)]
         if triton:
             order.append(("triton", triton))
@@ -418,6 +421,14 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
         "shared_in_place_samples_per_s": statistics.median(runs["shared_in_place"]),
         "ratio_in_place_median": statistics.median(
             _paired_ratios(runs["shared_in_place"], runs["inprocess"])
+        ),
+        "ratio_in_place_quartiles": statistics.quantiles(
+            _paired_ratios(runs["shared_in_place"], runs["inprocess"]), n=4
+        )
+        if args.rounds > 1
+        else [],
+        "ratio_in_place_to_relay_median": statistics.median(
+            _paired_ratios(runs["shared_in_place"], runs["relay"])
         ),
         "queued_clients": args.queued_clients,
         "shared_queued_samples_per_s": statistics.median(runs["shared_queued"]),
