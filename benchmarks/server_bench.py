@@ -409,6 +409,7 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
                 in_place = name in ("shared_in_place", "shared_queued")
                 runs[name].append(samples_per_s(pool, args.seconds, in_place=in_place))
     ratios = _paired_ratios(runs["shared"], runs["inprocess"])
+    in_place = _paired_ratios(runs["shared_in_place"], runs["inprocess"])
     args.triton_runs = runs.get("triton"), runs["inprocess"]
     return {
         "model": "cdnet",
@@ -419,13 +420,9 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
         "shared_samples_per_s": statistics.median(runs["shared"]),
         "ratio_median": statistics.median(ratios),
         "shared_in_place_samples_per_s": statistics.median(runs["shared_in_place"]),
-        "ratio_in_place_median": statistics.median(
-            _paired_ratios(runs["shared_in_place"], runs["inprocess"])
-        ),
-        "ratio_in_place_quartiles": statistics.quantiles(
-            _paired_ratios(runs["shared_in_place"], runs["inprocess"]), n=4
-        )
-        if args.rounds > 1
+        "ratio_in_place_median": statistics.median(in_place),
+        "ratio_in_place_quartiles": statistics.quantiles(in_place, n=4)
+        if len(in_place) > 1
         else [],
         "ratio_in_place_to_relay_median": statistics.median(
             _paired_ratios(runs["shared_in_place"], runs["relay"])
