@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
+# the compiled request paths (optional): a change rebuilds them
+NATIVE := setup.py src/fleetinfer/server/_native.c
 
 .PHONY: demo test check services install install-dev clean format
 
@@ -13,11 +15,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(STAMP_RUN): pyproject.toml | $(PY)
+$(STAMP_RUN): pyproject.toml $(NATIVE) | $(PY)
 	$(PIP) install -q -e .
 	touch $@
 
-$(STAMP_DEV): pyproject.toml | $(PY)
+$(STAMP_DEV): pyproject.toml $(NATIVE) | $(PY)
 	$(PIP) install -q -e '.[dev,train]'
 	touch $@ $(STAMP_RUN)
 
@@ -47,4 +49,5 @@ format: $(STAMP_DEV)
 	$(VENV)/bin/ruff format src tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) .fleetinfer .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .fleetinfer .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
+	find src -name '*.so' -delete

@@ -14,7 +14,10 @@ Rows (one JSON object on stdout, or in --json):
   `--queued-clients` clients (inputs in place) on the same W executions: more clients than
   executions, as in a node whose workers outnumber its cores, so requests queue. In-place runs
   right after in process (before it in the reversed rounds), as the host drifts within a round;
-  its per-round quartiles and its ratio to the relay are reported too.
+  its per-round quartiles and its ratio to the relay are reported too. Where the compiled
+  request paths are built, a sixth, `shared_in_place_python`, runs a second server and its
+  clients with `FLEETINFER_NATIVE=0` (the same code, all Python), inputs in place: what the C
+  paths buy.
 - `overhead`: an identity model with a 2 MiB input, one client, sequential requests: median
   latency through the server minus median latency of the same model in process.
 - `memory`: 8 workers that have each run CDNet: total PSS (`/proc/<pid>/smaps_rollup`) of 8
@@ -30,6 +33,7 @@ Rows (one JSON object on stdout, or in --json):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -248,13 +252,19 @@ def pss_bytes(pid: int) -> int:
 
 
 class Worker:
-    def __init__(self, mode: str, target: Path, model: str, threads: int) -> None:
+    def __init__(
+        self, mode: str, target: Path, model: str, threads: int, env: dict[str, str] | None = None
+    ) -> None:
         command = [sys.executable, __file__, "worker", mode, str(target), model, str(threads)]
-        self.start(command, f"{mode} worker for {model}")
+        self.start(command, f"{mode} worker for {model}", env)
 
-    def start(self, command: list[str], what: str) -> None:
+    def start(self, command: list[str], what: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=None if env is None else {**os.environ, **env},
         )
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
@@ -312,13 +322,21 @@ class Pool(list[Worker]):
 
 @contextmanager
 def workers(
-    mode: str, target: Path, model: str, threads: int, n: int, *, forked_in: Path | None = None
+    mode: str,
+    target: Path,
+    model: str,
+    threads: int,
+    n: int,
+    *,
+    forked_in: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Pool]:
-    """`n` workers, fresh interpreters; or, given `forked_in` (a scratch folder), forked from a
-    zygote that imported their modules once (the zygote's own PSS is the pool's too)."""
+    """`n` workers, fresh interpreters (with `env` added to their environment); or, given
+    `forked_in` (a scratch folder), forked from a zygote that imported their modules once (the
+    zygote's own PSS is the pool's too)."""
     pool = Pool()
     if forked_in is None:
-        pool.extend(Worker(mode, target, model, threads) for _ in range(n))
+        pool.extend(Worker(mode, target, model, threads, env) for _ in range(n))
         try:
             yield pool
         finally:
@@ -347,12 +365,12 @@ def workers(
 
 @contextmanager
 def server(
-    repo: Path, socket_path: Path, threads: int, instances: int
+    repo: Path, socket_path: Path, threads: int, instances: int, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[str]]:
     command = [sys.executable, "-m", "fleetinfer.cli.serve", "--models", str(repo)]
     command += ["--socket", str(socket_path), "--metrics-port", "-1"]
     command += ["--intra-op-threads", str(threads), "--instances", str(instances)]
-    with _started(command, "the model server") as proc:
+    with _started(command, "the model server", env) as proc:
         yield proc
 
 
@@ -363,9 +381,17 @@ def relay_server(repo: Path, socket_path: Path) -> Iterator[subprocess.Popen[str
 
 
 @contextmanager
-def _started(command: list[str], what: str) -> Iterator[subprocess.Popen[str]]:
+def _started(
+    command: list[str], what: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
     """A server process, once it has printed its first line (it serves from then on)."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=None if env is None else {**os.environ, **env},
+    )
     assert proc.stdout is not None
     if not proc.stdout.readline():
         proc.wait(30)
@@ -386,12 +412,27 @@ def samples_per_s(pool: list[Worker], seconds: float, *, in_place: bool = False)
 
 
 def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from fleetinfer.server.native import NATIVE_ENV, native_available
+
     runs: dict[str, list[float]] = {"inprocess": [], "shared": [], "shared_in_place": []}
     runs["relay"], runs["shared_queued"] = [], []
-    sock, relay_sock = tmp / "t.sock", tmp / "relay.sock"
+    native = native_available()
+    sock, relay_sock, python_sock = tmp / "t.sock", tmp / "relay.sock", tmp / "python.sock"
+    python_env = {NATIVE_ENV: "0"}  # a server and clients with no compiled path
     with (
         server(repo, sock, args.threads, args.workers),
         workers("shared", sock, "cdnet", args.threads, args.workers) as shared,
+        server(repo, python_sock, args.threads, args.workers, python_env)
+        if native
+        else contextlib.nullcontext(),
+        workers(
+            "shared",
+            python_sock,
+            "cdnet",
+            args.threads,
+            args.workers if native else 0,
+            env=python_env,
+        ) as python,
         workers("shared", sock, "cdnet", args.threads, args.queued_clients) as queued,
         workers("inprocess", repo, "cdnet", args.threads, args.workers) as local,
         relay_server(repo, relay_sock),
@@ -401,12 +442,15 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
         # the headline variant next to its baseline both ways round: the host drifts within a round
         order = [("inprocess", local), ("shared_in_place", shared), ("shared", shared)]
         order += [("relay", relay), ("shared_queued", queued)]
+        if native:  # what the C lanes buy: a server and clients of the same code, all Python
+            order.insert(2, ("shared_in_place_python", python))
+            runs["shared_in_place_python"] = []
         if triton:
             order.append(("triton", triton))
             runs["triton"] = []
         for r in range(args.rounds):
             for name, pool in order if r % 2 == 0 else order[::-1]:
-                in_place = name in ("shared_in_place", "shared_queued")
+                in_place = name in ("shared_in_place", "shared_in_place_python", "shared_queued")
                 runs[name].append(samples_per_s(pool, args.seconds, in_place=in_place))
     ratios = _paired_ratios(runs["shared"], runs["inprocess"])
     in_place = _paired_ratios(runs["shared_in_place"], runs["inprocess"])
@@ -427,6 +471,8 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
         "ratio_in_place_to_relay_median": statistics.median(
             _paired_ratios(runs["shared_in_place"], runs["relay"])
         ),
+        "native_lane": native,
+        **_python_lane(runs),
         "queued_clients": args.queued_clients,
         "shared_queued_samples_per_s": statistics.median(runs["shared_queued"]),
         "ratio_queued_median": statistics.median(
@@ -439,6 +485,22 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
         "byte back; no framing, validation or shared memory",
         "target_ratio_min": TARGETS["throughput_ratio_min"],
         "rounds": runs,
+    }
+
+
+def _python_lane(runs: dict[str, list[float]]) -> dict[str, Any]:
+    """In place through a server and clients that run no compiled path (`FLEETINFER_NATIVE=0`),
+    where the C lanes are built: to in process, and the C lanes to it (what they buy)."""
+    python = runs.get("shared_in_place_python")
+    if not python:
+        return {"python_lanes_not_run": "the C lanes are not built (or are off): all is Python"}
+    return {
+        "ratio_in_place_python_median": statistics.median(
+            _paired_ratios(python, runs["inprocess"])
+        ),
+        "ratio_native_to_python_median": statistics.median(
+            _paired_ratios(runs["shared_in_place"], python)
+        ),
     }
 
 

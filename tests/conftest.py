@@ -75,3 +75,19 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     return POSTGRES_URL
+
+
+@pytest.fixture(params=["c", "python"])
+def lanes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test that uses it runs twice: with the compiled request paths (`_native.c`), which
+    must be built, and with their pure-Python twins (`FLEETINFER_NATIVE=0`). Servers and
+    clients made after it, subprocesses too, take the setting."""
+    from fleetinfer.server.native import NATIVE_ENV, compiled
+
+    if request.param == "c":
+        assert compiled is not None, (
+            "fleetinfer.server._native is not built: `make install-dev` builds it (it needs a C "
+            "compiler and the Python headers)"
+        )
+    monkeypatch.setenv(NATIVE_ENV, "1" if request.param == "c" else "0")
+    return str(request.param)

@@ -40,6 +40,8 @@ from fleetinfer.server.protocol import (
 from fleetinfer.server.shm import SharedRegion, our_segments
 from tests.helpers.tiny_models import affine_model, affine_repository, cdnet_repository
 
+pytestmark = pytest.mark.usefixtures("lanes")  # the C and the Python request paths
+
 INTERNAL_ERROR = ERROR_CODES[FleetinferError]
 
 
@@ -254,6 +256,7 @@ def test_thousands_of_malformed_requests_never_crash_the_server(server: ServerPr
 CLIENT_SCRIPT = """
 import sys, time, numpy as np
 from fleetinfer.client import SharedModelClient
+
 client = SharedModelClient(sys.argv[1])
 client.model("affine").infer({"x": np.ones((1, 4), np.float32)})
 print("ready", flush=True)

@@ -24,6 +24,8 @@ from fleetinfer.server.server import ModelServer
 from tests.helpers.servers import instances_given_back, start_server
 from tests.helpers.tiny_models import write_config
 
+pytestmark = pytest.mark.usefixtures("lanes")  # the C and the Python request paths
+
 
 def channel_of(client: SharedModelClient) -> Channel:
     return client._channel()
@@ -71,6 +73,7 @@ def test_requests_of_other_shapes_are_repeated_calls_of_their_own(
 def test_a_repeated_call_follows_a_version_change_and_raises_server_errors(
     client: SharedModelClient,
 ) -> None:
+
     handle, x = client.model("affine"), np.ones((1, 4), np.float32)
     for _ in range(3):
         assert handle.infer({"x": x})["y"][0, 0] == 4.0  # version 2: x * 3 + 1

@@ -31,6 +31,8 @@ from fleetinfer.server.shm import SHM_DIR, our_segments
 from tests.helpers.servers import FEATURES, instances_given_back, start_server
 from tests.helpers.tiny_models import affine_repository, write_config
 
+pytestmark = pytest.mark.usefixtures("lanes")  # the C and the Python request paths
+
 
 def test_outputs_equal_inprocess_outputs_exactly_for_single_and_batched_requests(
     client: SharedModelClient, repo: Path
@@ -72,6 +74,7 @@ def test_a_repeated_request_layout_reads_fresh_inputs_every_time(
 def test_a_region_shrunk_under_a_cached_layout_is_refused_before_it_is_read(
     client: SharedModelClient, server: ModelServer
 ) -> None:
+
     handle, x = client.model("affine"), np.ones((1, 4), np.float32)
     handle.infer({"x": x})  # the layout is cached now
     region = client._channel().region

@@ -14,6 +14,14 @@ sends, compares the reply and copies the outputs out. The kept ranges come from 
 region, away from the arrays that come and go. On the 2-vCPU development VM this took the
 client's user CPU for a 16-byte request from about 74 to about 49 µs (A/B of the two versions,
 spinning off).
+
+Where the C module is built (`native.py`), a channel's `Lane` runs its repeated calls in C: it
+keys a call by the inputs' names, formats, shapes and where they lie, then copies, sends, waits
+(spinning as `spin.py` says, without the GIL), compares the reply and copies the outputs out. A
+call it cannot key (a mapping that is not a dict; an array that is strided, byte-swapped or of a
+subclass of ndarray) goes on in Python as above, and a reply other than the kept one (a new
+layout, an error) is handed back to `_settle`. Both keep the same calls: `_keep_repeated` files
+each one in the lane too.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import msgspec
 import numpy as np
 
 from fleetinfer.errors import InvalidInputError, PayloadTooLargeError
+from fleetinfer.server.native import compiled, native_available
 from fleetinfer.server.protocol import (
     HEADER,
     MAGIC,
@@ -94,6 +103,8 @@ class RepeatedCall:
     kept: tuple[tuple[int, int], ...]  # the ranges of the region it keeps: staging and window
     reply: bytes | None = None
     outputs: tuple[tuple[str, np.ndarray[Any, Any]], ...] = ()  # views of `reply`'s outputs
+    lane_key: bytes | None = None  # its key in the channel's C lane, if kept there
+    lane_staged: tuple[int | None, ...] = ()  # per input, the address it is staged at, if any
 
 
 class ChannelBrokenError(ConnectionError):
@@ -187,6 +198,11 @@ class Channel:
         self._reply = memoryview(bytearray(HEADER.size + MAX_BODY_BYTES))  # kept: replies land here
         self.arena = Arena(region.size_bytes)
         self._ids = itertools.count(1)
+        self._lane = (
+            compiled.Lane(sock.fileno(), region.address, region.size_bytes, spin_us, np.ndarray)
+            if native_available()
+            else None
+        )
         self._layouts: dict[tuple[bytes, tuple[int, int]], OutputLayout] = {}
         self._repeated: dict[tuple[Any, ...], RepeatedCall] = {}
         self._repeated_bytes = 0
@@ -223,6 +239,8 @@ class Channel:
 
     def close(self) -> None:
         """Close the socket and unlink the region; outputs still in use stay readable."""
+        if self._lane is not None:
+            self._lane.close()  # before the socket: its number may be reused at once
         self.sock.close()
         _unlink_if_owner(self.region.name, self.pid)  # a forked child must not unlink ours
         self.region.close()
@@ -235,8 +253,14 @@ class Channel:
     def _exchange(self, kind: int, body: msgspec.Struct | bytes) -> bytes:
         """Send one request (a message, or one already encoded); the body of its successful
         reply."""
-        request_id = next(self._ids) & 0xFFFFFFFF
+        request_id = self._next_id()
         return self._send_frame(frame(kind, request_id, body), request_id)
+
+    def _next_id(self) -> int:
+        """A request id: the lane's when there is one, so the two never repeat each other's."""
+        if self._lane is not None:
+            return self._lane.next_id()
+        return next(self._ids) & 0xFFFFFFFF
 
     def _send_frame(self, data: bytes | bytearray, request_id: int) -> bytes:
         """Send a whole request frame; the body of its successful reply."""
@@ -286,6 +310,18 @@ class Channel:
         return self.call(Kind.CONTROL, ControlRequest(action, model, version or 0), ControlReply)
 
     def infer(self, model: str, inputs: Mapping[str, Any], version: int | None) -> Tensors:
+        lane = self._lane
+        if lane is not None:
+            try:
+                done = lane.call(model, version, inputs)
+            except OSError as exc:
+                raise ChannelBrokenError(f"model server connection failed: {exc}") from exc
+            if type(done) is dict:
+                return done
+            if done is not None:
+                outputs = self._settle(*done)
+                if outputs is not None:
+                    return outputs
         key = self._call_key(model, version, inputs)
         repeated = self._repeated.get(key)
         if repeated is not None:
@@ -299,7 +335,7 @@ class Channel:
             except OutputSpaceError as exc:
                 self._grow(exc.needed_bytes + sum(aligned(a.nbytes) for a in arrays.values()))
                 continue
-            self._keep_repeated(key, request, layout, copied)
+            self._keep_repeated(key, request, layout, copied, arrays)
             return outputs
         raise PayloadTooLargeError("the outputs", self.region.size_bytes, self.max_region_bytes)
 
@@ -332,18 +368,38 @@ class Channel:
         way), an error reply is raised as usual."""
         for name, staging in call.staged:
             np.copyto(staging, inputs[name])
-        request_id = next(self._ids) & 0xFFFFFFFF
+        request_id = self._next_id()
         REQUEST_ID.pack_into(call.frame, REQUEST_ID_AT, request_id)
         try:
             payload = self._send_frame(call.frame, request_id)
         except OutputSpaceError:  # the model's outputs grew: no longer fit the kept window
             self._drop_repeated()
             return None
+        return self._copied_out(call, payload)
+
+    def _settle(self, call: RepeatedCall, kind: int, payload: bytes) -> Tensors | None:
+        """A repeated call the lane sent, whose reply is not the one it kept: an error is
+        raised as usual, except that outputs grown out of the kept window end it (None: the
+        caller goes the long way); a new reply is checked and kept."""
+        if kind == Kind.ERROR:
+            error = rebuild_error(decode(ErrorReply, payload))
+            if isinstance(error, OutputSpaceError):
+                self._drop_repeated()
+                return None
+            raise error
+        return self._copied_out(call, payload)
+
+    def _copied_out(self, call: RepeatedCall, payload: bytes) -> Tensors:
+        """The outputs of a repeated call's reply, copied out of its window."""
         if payload != call.reply:
             layout, start = self._layout(payload, call.window), call.window[0]
             span = self.region.buffer[start : start + layout.used_bytes]
             call.outputs = tuple(_outputs(layout, span).items())
             call.reply = payload
+            if self._lane is not None and call.lane_key is not None:
+                self._lane.keep(
+                    call.lane_key, call, call.frame, call.lane_staged, payload, call.outputs
+                )
         outputs: Tensors = {}
         for name, view in call.outputs:  # a loop: 3.11 makes a function per comprehension
             outputs[name] = view.copy()  # 2 µs less per call than one copy cut into arrays
@@ -355,10 +411,12 @@ class Channel:
         request: InferRequest,
         layout: OutputLayout,
         copied_in: frozenset[str],
+        arrays: Tensors,
     ) -> None:
-        """After a request went the long way: keep it as a `RepeatedCall` when its outputs are
-        copied out and the region can spare the ranges it keeps (a range of its own for each
-        input not in place, `copied_in`, and the output window)."""
+        """After a request (of `arrays`) went the long way: keep it as a `RepeatedCall` when
+        its outputs are copied out and the region can spare the ranges it keeps (a range of its
+        own for each input not in place, `copied_in`, and the output window); in the C lane
+        too, when there is one and it can key these inputs."""
         if not key or layout.used_bytes > COPY_OUT_MAX_BYTES or key in self._repeated:
             return
         if key not in self._seen_once:  # keep only what repeats: remember it the first time
@@ -388,9 +446,18 @@ class Channel:
         window = (kept[-1], sizes[-1])
         body = encode(InferRequest(request.model, request.version, refs, *window))
         ranges = tuple(zip(kept, sizes, strict=True))
-        call_frame = bytearray(frame(Kind.INFER, 0, body))
-        self._repeated[key] = RepeatedCall(call_frame, staged, window, ranges)
+        call = RepeatedCall(bytearray(frame(Kind.INFER, 0, body)), staged, window, ranges)
+        self._repeated[key] = call
         self._repeated_bytes += sum(sizes)
+        if self._lane is not None:
+            call.lane_key = self._lane.key(request.model, request.version or None, arrays)
+            address = self.region.address
+            call.lane_staged = tuple(
+                address + moved[ref.name] if ref.name in moved else None for ref in request.inputs
+            )
+        if call.lane_key is not None:  # no reply yet: the first answer is checked, then kept
+            assert self._lane is not None
+            self._lane.keep(call.lane_key, call, call.frame, call.lane_staged, b"", ())
 
     def _alloc_all(self, sizes: list[int]) -> list[int] | None:
         """Offsets of one new range per size, or None (and nothing kept) if one does not fit."""
@@ -411,6 +478,8 @@ class Channel:
                 self.arena.free(offset, size)
         self._repeated.clear()
         self._repeated_bytes = 0
+        if self._lane is not None:
+            self._lane.clear()
 
     def _infer_once(
         self, model: str, arrays: Tensors, version: int | None
@@ -519,6 +588,8 @@ class Channel:
         self._drop_repeated()  # their staging views are of the mapping about to go
         old, self.region = self.region, self.region.resize(size)
         old.close()
+        if self._lane is not None:
+            self._lane.rebind(self.region.address, size)
         self.arena.grow(size)
         self.call(Kind.ATTACH, Attach(self.region.name, size), Empty)
 

@@ -179,13 +179,24 @@ class ModelExecutor:
         nothing queues, run its direct plan on the calling thread and answer. False, with
         nothing done, otherwise or on any error: the caller then submits the request as usual,
         which checks, runs and answers it (errors included) the long way."""
+        try:
+            region.check_intact()
+        except Exception:
+            return False
+        if not self.run_direct(plan, samples):
+            return False
+        sink.reply_ok(request_id, plan.reply)
+        return True
+
+    def run_direct(self, plan: DirectPlan, samples: int) -> bool:
+        """`run_planned` once the region is checked, without the answer (the caller sends
+        `plan.reply`): the whole of the fast lane's Python when the C lane serves it."""
         with self._lock:
             if self._busy >= self.instances or self._queue or self._closed or self.delay_ns:
                 return False
             self._busy += 1
         try:
             start_ns = time.perf_counter_ns()
-            region.check_intact()
             if not self._run_bound(plan):
                 return False
         except Exception:
@@ -194,7 +205,6 @@ class ModelExecutor:
             self._release()
         compute_us = (time.perf_counter_ns() - start_ns) // 1000
         self.stats.executed(requests=1, samples=samples, queue_us=0, compute_us=compute_us)
-        sink.reply_ok(request_id, plan.reply)
         return True
 
     def close(self) -> None:

@@ -6,6 +6,11 @@ thread per connection reads frames; a request whose model is idle runs on that t
 queues for the model's batcher (`executor.py`). A bad request gets a typed error and the server
 carries on; a frame that cannot be parsed closes only its connection. When a connection drops, the
 server unmaps and unlinks the regions it attached, so a killed worker leaves no segment behind.
+
+A request a connection has seen before, byte for byte, whose direct plan is made, takes the fast
+lane: with the C module built, its `ServerLane` reads it, checks the region, runs it through the
+executor's `run_direct` and answers it without any other Python, and without the GIL but for the
+model run; without it, `_run_repeated` does the same in Python.
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ import select
 import socket
 import struct
 import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import msgspec
 
 from fleetinfer.errors import ConfigError, FleetinferError, MalformedMessageError
 from fleetinfer.server.metrics import HealthServer, StatsBook
+from fleetinfer.server.native import compiled, native_available
 from fleetinfer.server.protocol import (
     HEADER,
     MAGIC,
@@ -86,7 +94,8 @@ class ModelServer:
         self._stopped = threading.Event()
         self._ready = False
         self.readable = select.epoll()  # every connection's socket: has any client sent data?
-        self._serving: tuple[Connection, ...] = ()  # `_connections`, read without the lock
+        self.native = native_available()  # connections serve their kept requests in C
+        self.tally: Tally = compiled.Tally() if self.native else PyTally()
 
     @property
     def ready(self) -> bool:
@@ -159,20 +168,18 @@ class ModelServer:
                 return
             with self._lock:
                 self._connections.add(connection)
-                self._serving = tuple(self._connections)
             threading.Thread(target=connection.run, name="fleetinfer-conn", daemon=True).start()
 
     def forget(self, connection: Connection) -> None:
         with self._lock:
             self._connections.discard(connection)
-            self._serving = tuple(self._connections)
         with contextlib.suppress(OSError, ValueError):  # ValueError: the server stopped
             self.readable.unregister(connection.sock)
 
     @property
     def in_flight(self) -> int:
         """Requests read and not yet answered, over every connection."""
-        return sum(c.requests_read - c.requests_answered for c in self._serving)
+        return self.tally.in_flight()
 
     def others_need_the_gil(self) -> bool:
         """Whether a spinning connection thread should stop: a request is being served, or a
@@ -220,43 +227,134 @@ def _peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
+class Tally(Protocol):
+    """Requests read and not yet answered, over every connection (`_native.Tally` in C)."""
+
+    def read(self) -> None: ...
+
+    def answered(self) -> None: ...
+
+    def in_flight(self) -> int: ...
+
+
+class PyTally:
+    """`Tally` in Python, for a build without the C module."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def read(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def answered(self) -> None:
+        with self._lock:
+            self._count -= 1
+
+    def in_flight(self) -> int:
+        return self._count
+
+
 class _FrameError(Exception):
     """The byte stream cannot be parsed any further: answer if possible, then close."""
 
 
+def _checked_header(header: bytes | bytearray | memoryview, at: int = 0) -> tuple[int, int, int]:
+    """A frame header's kind, request id and body length; `_FrameError` if it is not one."""
+    magic, version, kind, request_id, length = HEADER.unpack_from(header, at)
+    if magic != MAGIC or version != PROTOCOL_VERSION:
+        raise _FrameError(
+            f"frame header has magic {magic!r} version {version}, expected {MAGIC!r} "
+            f"version {PROTOCOL_VERSION}: is this a fleetinfer client of the same version?"
+        )
+    if length > MAX_BODY_BYTES:
+        raise _FrameError(f"frame body of {length} bytes is above {MAX_BODY_BYTES} bytes")
+    return kind, request_id, length
+
+
 class Connection:
-    """One client socket: reads frames, answers them, owns the client's attached regions."""
+    """One client socket: reads frames, answers them, owns the client's attached regions.
+
+    With the C module built, the connection's `ServerLane` reads its frames and serves the
+    requests it kept (`_offer`) without running Python beyond the executor's `run_direct`; it
+    hands every other frame to `_handle`. Without it, `_serve_in_python` does the same."""
 
     def __init__(self, server: ModelServer, sock: socket.socket, uid: int) -> None:
         self.server, self.sock, self.uid = server, sock, uid
         self.region: SharedRegion | None = None
         self.segment_names: set[str] = set()
         self.prepared = PreparedCache()  # layouts validated on `region`
-        self._send_lock = threading.Lock()
+        self.tally = server.tally
+        self.lane: compiled.ServerLane | None = None
+        self._send_lock: AbstractContextManager[Any] = threading.Lock()
+        if server.native:
+            self._send_lock = latch = compiled.Latch()  # taken by the lane too
+            readable, tally = server.readable.fileno(), server.tally
+            assert isinstance(tally, compiled.Tally)
+            spin_us = server.config.spin_us
+            self.lane = compiled.ServerLane(sock.fileno(), readable, tally, latch, spin_us)
         self._buf = bytearray(2 * (HEADER.size + MAX_BODY_BYTES))
         self._view = memoryview(self._buf)
         self._start = self._end = 0
         self.spinner = Spinner(server.config.spin_us)
-        # in flight = read - answered; each counter has one writer (`run`; whoever holds the
-        # send lock), so neither needs a lock of its own on the request path
-        self.requests_read = self.requests_answered = 0
 
     def run(self) -> None:
         try:
-            while True:
-                if self._start == self._end and self.region is not None:
-                    self.spinner.spin(self.server.others_need_the_gil)
-                kind, request_id, body = self._read_frame()
-                self.spinner.answered()
-                self.requests_read += 1
-                if kind != Kind.INFER or not self._run_repeated(request_id, body):
-                    self._handle(kind, request_id, body)
+            if self.lane is not None:
+                self._serve_in_c(self.lane)
+            else:
+                self._serve_in_python()
         except (EOFError, OSError):
             pass  # the client went away, possibly mid-message
         except _FrameError as exc:
             self._send(Kind.ERROR, 0, error_reply(_malformed(str(exc))))
         finally:
             self._cleanup()
+
+    def _serve_in_c(self, lane: compiled.ServerLane) -> None:
+        while True:
+            kind, request_id, body = lane.serve()  # after serving every kept request before it
+            if kind < 0:  # not a fleetinfer header: say what is wrong with it
+                _checked_header(body)
+                raise _FrameError(f"frame header {body!r} refused")
+            if kind != Kind.INFER:
+                self._handle(kind, request_id, body)
+            elif self._run_repeated(request_id, body):  # in Python this once, in C from now on
+                self._offer(lane, body)
+            else:
+                seen = self.prepared.get(body, self.server.registry.generation) is not None
+                self._handle(kind, request_id, body)
+                if seen:  # a layout sent again: worth keeping (a long-way request comes once)
+                    self._offer(lane, body)
+
+    def _serve_in_python(self) -> None:
+        while True:
+            if self._start == self._end and self.region is not None:
+                self.spinner.spin(self.server.others_need_the_gil)
+            kind, request_id, body = self._read_frame()
+            self.spinner.answered()
+            self.tally.read()
+            if kind != Kind.INFER or not self._run_repeated(request_id, body):
+                self._handle(kind, request_id, body)
+
+    def _offer(self, lane: compiled.ServerLane, body: bytes) -> None:
+        """After `_handle` ran a request whose layout was cached: if it has a direct plan
+        (made by its first run), the lane serves it from now on, as `_run_repeated` would."""
+        prepared = self.prepared.get(body, self.server.registry.generation)
+        if prepared is None or prepared.slot.plan is None:
+            return
+        plan, region = prepared.slot.plan, prepared.region
+        lane.keep(
+            body,
+            prepared.executor.run_direct,
+            (plan, prepared.batch),
+            plan.reply,
+            self.server.registry,
+            prepared.generation,
+            region.fd,
+            region.size_bytes,
+        )
 
     def shutdown(self) -> None:
         with contextlib.suppress(OSError):
@@ -273,7 +371,7 @@ class Connection:
         has its reply never sees the request still in flight."""
         data = frame(kind, request_id, body)
         with self._send_lock:
-            self.requests_answered += 1
+            self.tally.answered()
             try:  # noqa: SIM105 - on every request: `suppress` would cost two Python calls
                 self.sock.sendall(data)
             except OSError:
@@ -288,14 +386,7 @@ class Connection:
         """The next frame; its header and body usually came in one recv."""
         if self._end - self._start < HEADER.size:
             self._fill(HEADER.size)
-        magic, version, kind, request_id, length = HEADER.unpack_from(self._buf, self._start)
-        if magic != MAGIC or version != PROTOCOL_VERSION:
-            raise _FrameError(
-                f"frame header has magic {magic!r} version {version}, expected {MAGIC!r} "
-                f"version {PROTOCOL_VERSION}: is this a fleetinfer client of the same version?"
-            )
-        if length > MAX_BODY_BYTES:
-            raise _FrameError(f"frame body of {length} bytes is above {MAX_BODY_BYTES} bytes")
+        kind, request_id, length = _checked_header(self._buf, self._start)
         if self._end - self._start < HEADER.size + length:
             self._fill(HEADER.size + length)
         start = self._start + HEADER.size
@@ -390,6 +481,8 @@ class Connection:
         )
         old, self.region = self.region, region
         self.prepared.clear()  # its layouts point into the old mapping
+        if self.lane is not None:
+            self.lane.clear()
         self.segment_names.add(region.name)
         if old is not None:
             old.close()
@@ -421,6 +514,8 @@ class Connection:
 
     def _cleanup(self) -> None:
         self.server.forget(self)
+        if self.lane is not None:
+            self.lane.clear()  # its layouts hold executors, which a reload may have retired
         if self.region is not None:
             self.region.close()
             self.region = None
