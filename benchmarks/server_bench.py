@@ -48,7 +48,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 
@@ -404,27 +404,53 @@ def _started(
         proc.stdout.close()
 
 
-def samples_per_s(pool: list[Worker], seconds: float, *, in_place: bool = False) -> float:
+def cpu_ns(pid: int) -> int:
+    """On-CPU time so far of every thread of `pid`, in nanoseconds (`schedstat`)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+class Round(NamedTuple):
+    """One variant's run in one round: its samples/s and the CPU each call cost its clients and
+    its server (0 where it has none, or none of ours)."""
+
+    samples_per_s: float
+    client_us: float
+    server_us: float
+
+
+def measured(
+    pool: list[Worker], seconds: float, *, in_place: bool = False, server_pid: int | None = None
+) -> Round:
+    clients = [w.pid for w in pool]
+    client_ns, server_ns = sum(map(cpu_ns, clients)), cpu_ns(server_pid) if server_pid else 0
     for w in pool:
         w.send(f"run {seconds}" + (" inplace" if in_place else ""))
     answers = [w.answer() for w in pool]
-    return sum(a["samples"] / a["elapsed_s"] for a in answers)
+    client_ns = sum(map(cpu_ns, clients)) - client_ns
+    server_ns = (cpu_ns(server_pid) if server_pid else 0) - server_ns
+    calls = max(1, sum(int(a["samples"]) for a in answers))  # batch 1: a sample is a call
+    rate = sum(a["samples"] / a["elapsed_s"] for a in answers)
+    return Round(rate, client_ns / calls / 1000, server_ns / calls / 1000)
 
 
 def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     from fleetinfer.server.native import NATIVE_ENV, native_available
 
-    runs: dict[str, list[float]] = {"inprocess": [], "shared": [], "shared_in_place": []}
+    runs: dict[str, list[Round]] = {"inprocess": [], "shared": [], "shared_in_place": []}
     runs["relay"], runs["shared_queued"] = [], []
     native = native_available()
     sock, relay_sock, python_sock = tmp / "t.sock", tmp / "relay.sock", tmp / "python.sock"
     python_env = {NATIVE_ENV: "0"}  # a server and clients with no compiled path
     with (
-        server(repo, sock, args.threads, args.workers),
+        server(repo, sock, args.threads, args.workers) as main_server,
         workers("shared", sock, "cdnet", args.threads, args.workers) as shared,
         server(repo, python_sock, args.threads, args.workers, python_env)
         if native
-        else contextlib.nullcontext(),
+        else contextlib.nullcontext() as python_server,
         workers(
             "shared",
             python_sock,
@@ -435,73 +461,96 @@ def throughput(repo: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Any
         ) as python,
         workers("shared", sock, "cdnet", args.threads, args.queued_clients) as queued,
         workers("inprocess", repo, "cdnet", args.threads, args.workers) as local,
-        relay_server(repo, relay_sock),
+        relay_server(repo, relay_sock) as relay_proc,
         workers("relay", relay_sock, "cdnet", 1, args.workers) as relay,
         triton_pool(repo, tmp, args) as triton,
     ):
         # the headline variant next to its baseline both ways round: the host drifts within a round
-        order = [("inprocess", local), ("shared_in_place", shared), ("shared", shared)]
-        order += [("relay", relay), ("shared_queued", queued)]
-        if native:  # what the C lanes buy: a server and clients of the same code, all Python
-            order.insert(2, ("shared_in_place_python", python))
+        ours = main_server.pid
+        order = [("inprocess", local, None), ("shared_in_place", shared, ours)]
+        order += [("shared", shared, ours), ("relay", relay, relay_proc.pid)]
+        order.append(("shared_queued", queued, ours))
+        if python_server is not None:  # what the C paths buy: the same code, all Python
+            order.insert(2, ("shared_in_place_python", python, python_server.pid))
             runs["shared_in_place_python"] = []
         if triton:
-            order.append(("triton", triton))
+            order.append(("triton", triton, None))
             runs["triton"] = []
         for r in range(args.rounds):
-            for name, pool in order if r % 2 == 0 else order[::-1]:
+            for name, pool, pid in order if r % 2 == 0 else order[::-1]:
                 in_place = name in ("shared_in_place", "shared_in_place_python", "shared_queued")
-                runs[name].append(samples_per_s(pool, args.seconds, in_place=in_place))
-    ratios = _paired_ratios(runs["shared"], runs["inprocess"])
-    in_place = _paired_ratios(runs["shared_in_place"], runs["inprocess"])
-    args.triton_runs = runs.get("triton"), runs["inprocess"]
+                runs[name].append(measured(pool, args.seconds, in_place=in_place, server_pid=pid))
+    return _throughput_report(runs, args)
+
+
+def _throughput_report(runs: dict[str, list[Round]], args: argparse.Namespace) -> dict[str, Any]:
+    rates = {name: [r.samples_per_s for r in rounds] for name, rounds in runs.items()}
+    in_place = _paired_ratios(rates["shared_in_place"], rates["inprocess"])
+    args.triton_runs = rates.get("triton"), rates["inprocess"]
     return {
         "model": "cdnet",
         "batch": 1,
         "workers": args.workers,
         "threads_per_execution": args.threads,
-        "inprocess_samples_per_s": statistics.median(runs["inprocess"]),
-        "shared_samples_per_s": statistics.median(runs["shared"]),
-        "ratio_median": statistics.median(ratios),
-        "shared_in_place_samples_per_s": statistics.median(runs["shared_in_place"]),
+        "inprocess_samples_per_s": statistics.median(rates["inprocess"]),
+        "shared_samples_per_s": statistics.median(rates["shared"]),
+        "ratio_median": _median_ratio(rates, "shared", "inprocess"),
+        "shared_in_place_samples_per_s": statistics.median(rates["shared_in_place"]),
         "ratio_in_place_median": statistics.median(in_place),
         "ratio_in_place_quartiles": statistics.quantiles(in_place, n=4)
         if len(in_place) > 1
         else [],
-        "ratio_in_place_to_relay_median": statistics.median(
-            _paired_ratios(runs["shared_in_place"], runs["relay"])
-        ),
-        "native_lane": native,
-        **_python_lane(runs),
+        "ratio_in_place_to_relay_median": _median_ratio(rates, "shared_in_place", "relay"),
+        "native_paths": "shared_in_place_python" in rates,
+        **_python_paths(rates),
         "queued_clients": args.queued_clients,
-        "shared_queued_samples_per_s": statistics.median(runs["shared_queued"]),
-        "ratio_queued_median": statistics.median(
-            _paired_ratios(runs["shared_queued"], runs["inprocess"])
-        ),
-        "relay_samples_per_s": statistics.median(runs["relay"]),
-        "ratio_relay_median": statistics.median(_paired_ratios(runs["relay"], runs["inprocess"])),
+        "shared_queued_samples_per_s": statistics.median(rates["shared_queued"]),
+        "ratio_queued_median": _median_ratio(rates, "shared_queued", "inprocess"),
+        "relay_samples_per_s": statistics.median(rates["relay"]),
+        "ratio_relay_median": _median_ratio(rates, "relay", "inprocess"),
         "relay_is": "the bound of any design that hands each call to another process: the model "
         "run by one thread per connection on a fixed input when its client sends one byte, one "
         "byte back; no framing, validation or shared memory",
         "target_ratio_min": TARGETS["throughput_ratio_min"],
-        "rounds": runs,
+        "cpu_us_per_call": _cpu_per_call(runs),
+        "rounds": rates,
     }
 
 
-def _python_lane(runs: dict[str, list[float]]) -> dict[str, Any]:
+def _python_paths(rates: dict[str, list[float]]) -> dict[str, Any]:
     """In place through a server and clients that run no compiled path (`FLEETINFER_NATIVE=0`),
-    where the C lanes are built: to in process, and the C lanes to it (what they buy)."""
-    python = runs.get("shared_in_place_python")
-    if not python:
-        return {"python_lanes_not_run": "the C lanes are not built (or are off): all is Python"}
+    where the C paths are built: to in process, and the C paths to it (what they buy)."""
+    if "shared_in_place_python" not in rates:
+        return {"python_paths_not_run": "the C paths are not built (or are off): all is Python"}
     return {
-        "ratio_in_place_python_median": statistics.median(
-            _paired_ratios(python, runs["inprocess"])
-        ),
-        "ratio_native_to_python_median": statistics.median(
-            _paired_ratios(runs["shared_in_place"], python)
+        "ratio_in_place_python_median": _median_ratio(rates, "shared_in_place_python", "inprocess"),
+        "ratio_native_to_python_median": _median_ratio(
+            rates, "shared_in_place", "shared_in_place_python"
         ),
     }
+
+
+def _cpu_per_call(runs: dict[str, list[Round]]) -> dict[str, Any]:
+    """Median CPU per call of each variant (its clients, its server; on-CPU time of all their
+    threads around each round), and of the whole to in process's, paired by round: on saturated
+    cores, a variant that spends more CPU per call than in process cannot keep up with it."""
+    baseline = [r.client_us for r in runs["inprocess"]]
+    report: dict[str, Any] = {}
+    for name, rounds in runs.items():
+        if name == "triton":  # its server and clients are not ours to account
+            continue
+        totals = [r.client_us + r.server_us for r in rounds]
+        report[name] = {
+            "clients": statistics.median(r.client_us for r in rounds),
+            "server": statistics.median(r.server_us for r in rounds),
+            "total": statistics.median(totals),
+            "ratio_to_inprocess": statistics.median(_paired_ratios(totals, baseline)),
+        }
+    return report
+
+
+def _median_ratio(rates: dict[str, list[float]], variant: str, baseline: str) -> float:
+    return statistics.median(_paired_ratios(rates[variant], rates[baseline]))
 
 
 def _paired_ratios(variant: list[float], baseline: list[float]) -> list[float]:

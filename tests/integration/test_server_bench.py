@@ -34,6 +34,16 @@ def test_a_short_server_bench_run_reports_every_row_with_its_fields(tmp_path: Pa
     ratios = {"ratio_median", "ratio_in_place_median", "ratio_relay_median", "ratio_queued_median"}
     assert ratios | {"ratio_in_place_to_relay_median"} <= throughput.keys()
     assert throughput["queued_clients"] == 4
+    assert throughput["native_paths"] is True  # the suite runs where the C paths are built
+    assert throughput["ratio_in_place_python_median"] > 0
+    assert throughput["ratio_native_to_python_median"] > 0
+    cpu = throughput["cpu_us_per_call"]
+    assert cpu["inprocess"]["clients"] > 0
+    assert cpu["inprocess"]["server"] == 0
+    for variant in ("shared_in_place", "shared_in_place_python", "shared", "relay"):
+        assert cpu[variant]["clients"] > 0
+        assert cpu[variant]["server"] > 0
+        assert cpu[variant]["total"] >= max(cpu[variant]["clients"], cpu[variant]["server"])
     for row in (report["overhead"], report["overhead"]["fixed_cost_16_bytes"]):
         assert row["shared_median_us"] > 0
         assert row["inprocess_median_us"] > 0
