@@ -41,6 +41,16 @@ is made in Python.
 #define KEY_MAX_BYTES 2048
 #define MEAN_WEIGHT_SHIFT 3 /* as spin.py: each wait moves the mean by 1/8 of its difference */
 #define NOT_IN_REGION (-1)
+#define REPLY_BYTES (HEADER_SIZE + MAX_BODY_BYTES)
+#define READ_BYTES (2 * REPLY_BYTES)
+
+/* Buffers come from malloc, not from the object (which CPython zeroes): a page costs memory
+   only once a frame has been written to it, and most frames are a few hundred bytes. */
+static char *buffer_new(size_t n) {
+    char *buffer = PyMem_RawMalloc(n);
+    if (buffer == NULL) PyErr_NoMemory();
+    return buffer;
+}
 
 typedef struct {
     PyObject_HEAD
@@ -53,7 +63,7 @@ typedef struct {
     int busy;                /* a call is in flight (the GIL is released meanwhile) */
     PyObject *ndarray_type;  /* numpy.ndarray: only its exact instances are keyed */
     PyObject *calls;         /* dict: key (bytes) -> (token, frame, staged, reply, outputs) */
-    char reply[HEADER_SIZE + MAX_BODY_BYTES];
+    char *reply;             /* REPLY_BYTES: where replies land */
 } Lane;
 
 static PyObject *copy_name; /* "copy" */
@@ -215,7 +225,7 @@ static Outcome exchange(Lane *self, const char *frame, size_t frame_size, size_t
     size_t got = 0, end = 0; /* end: 0 until the header is in */
     if (outcome == SENT_OK) spin(self, started_ns);
     while (outcome == SENT_OK && got < (end ? end : HEADER_SIZE)) {
-        outcome = receive(self->fd, self->reply, end ? end : sizeof self->reply, &got, &state);
+        outcome = receive(self->fd, self->reply, end ? end : REPLY_BYTES, &got, &state);
         if (outcome == SENT_OK && end == 0 && got >= HEADER_SIZE) {
             uint32_t body;
             memcpy(&body, self->reply + LENGTH_AT, sizeof body);
@@ -266,12 +276,15 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kwds) {
     self->budget_ns = spin_us > 0 ? (int64_t)(spin_us * 1000) : 0;
     Py_XSETREF(self->ndarray_type, Py_NewRef(ndarray));
     Py_XSETREF(self->calls, PyDict_New());
-    return self->calls == NULL ? -1 : 0;
+    if (self->calls == NULL) return -1;
+    if (self->reply == NULL && (self->reply = buffer_new(REPLY_BYTES)) == NULL) return -1;
+    return 0;
 }
 
 static void Lane_dealloc(Lane *self) {
     Py_XDECREF(self->ndarray_type);
     Py_XDECREF(self->calls);
+    PyMem_RawFree(self->reply);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -385,7 +398,7 @@ static PyObject *Lane_call(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
         PyErr_SetString(PyExc_TypeError, "call(model, version, inputs)");
         return NULL;
     }
-    if (self->fd < 0) Py_RETURN_NONE;
+    if (self->fd < 0 || self->reply == NULL) Py_RETURN_NONE; /* closed, or never set up */
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "a channel is used by one thread at a time");
         return NULL;
@@ -600,8 +613,8 @@ typedef struct {
     Fast fast[MAX_FAST];
     int kept;
     size_t start, end; /* unread bytes of `buf` */
-    char buf[2 * (HEADER_SIZE + MAX_BODY_BYTES)];
-    char out[HEADER_SIZE + MAX_BODY_BYTES];
+    char *buf; /* READ_BYTES */
+    char *out; /* REPLY_BYTES: a kept reply's frame */
 } ServerLane;
 
 static PyObject *generation_name;
@@ -637,6 +650,8 @@ static int ServerLane_init(ServerLane *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->tally, (Tally *)Py_NewRef(tally));
     Py_XSETREF(self->send_latch, (Latch *)Py_NewRef(latch));
     self->budget_ns = spin_us > 0 ? (int64_t)(spin_us * 1000) : 0;
+    if (self->buf == NULL && (self->buf = buffer_new(READ_BYTES)) == NULL) return -1;
+    if (self->out == NULL && (self->out = buffer_new(REPLY_BYTES)) == NULL) return -1;
     return 0;
 }
 
@@ -644,6 +659,8 @@ static void ServerLane_dealloc(ServerLane *self) {
     lane_forget_all(self);
     Py_XDECREF(self->tally);
     Py_XDECREF(self->send_latch);
+    PyMem_RawFree(self->buf);
+    PyMem_RawFree(self->out);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -695,12 +712,12 @@ static Outcome fill_frame(ServerLane *self, PyThreadState **state, int *bad) {
                 started_ns = now_ns();
                 if (self->kept > 0) server_spin(self, started_ns);
             }
-        } else if (sizeof self->buf - self->start < need) {
+        } else if (READ_BYTES - self->start < need) {
             memmove(self->buf, self->buf + self->start, have);
             self->start = 0;
             self->end = have;
         }
-        Outcome outcome = receive(self->fd, self->buf, sizeof self->buf, &self->end, state);
+        Outcome outcome = receive(self->fd, self->buf, READ_BYTES, &self->end, state);
         if (outcome != SENT_OK) return outcome;
     }
     if (started_ns) {
@@ -780,8 +797,8 @@ static void answer_fast(ServerLane *self, int i, uint32_t request_id) {
    kept request before it; kind -1 for a header that is not a fleetinfer one (body: the header).
    EOFError when the client closed the connection, OSError when the socket failed. */
 static PyObject *ServerLane_serve(ServerLane *self, PyObject *Py_UNUSED(ignored)) {
-    if (self->fd < 0) {
-        PyErr_SetString(PyExc_EOFError, "the connection is closed");
+    if (self->fd < 0 || self->buf == NULL || self->tally == NULL) {
+        PyErr_SetString(PyExc_EOFError, "the connection is closed (or the lane was never set up)");
         return NULL;
     }
     PyThreadState *state = PyEval_SaveThread();

@@ -294,7 +294,8 @@ class Connection:
             assert isinstance(tally, compiled.Tally)
             spin_us = server.config.spin_us
             self.lane = compiled.ServerLane(sock.fileno(), readable, tally, latch, spin_us)
-        self._buf = bytearray(2 * (HEADER.size + MAX_BODY_BYTES))
+        # `_serve_in_python`'s read buffer (the lane has its own)
+        self._buf = bytearray(0 if self.lane else 2 * (HEADER.size + MAX_BODY_BYTES))
         self._view = memoryview(self._buf)
         self._start = self._end = 0
         self.spinner = Spinner(server.config.spin_us)
