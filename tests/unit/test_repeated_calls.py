@@ -4,6 +4,9 @@ time (`RepeatedCall` in `fleetinfer.server.channel`); it must behave exactly lik
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ from fleetinfer.server.channel import (
     Arena,
     Channel,
 )
-from fleetinfer.server.executor import ModelExecutor
+from fleetinfer.server.executor import DirectPlan, ModelExecutor
 from fleetinfer.server.server import ModelServer
 from tests.helpers.servers import instances_given_back, start_server
 from tests.helpers.tiny_models import write_config
@@ -237,3 +240,41 @@ def test_the_arena_takes_a_high_range_from_the_last_block_that_fits() -> None:
     arena.free(1024 - 128, 128)
     arena.free(low, 64)
     assert arena._free == [(0, 1024)]
+
+
+class ExpiredError(Exception):
+    """What a task's time limit raises from its SIGALRM handler (`worker._time_limit`)."""
+
+
+def test_a_signal_handler_that_raises_during_a_call_ends_it_and_the_next_call_is_answered(
+    client: SharedModelClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle, x = client.model("affine"), client.empty((1, 4), np.float32)
+    for value in (1.0, 2.0, 3.0, 4.0):  # kept on both ends
+        x[:] = value
+        handle.infer({"x": x})
+    slow, original = threading.Event(), ModelExecutor._run_bound
+
+    def sleepy(self: ModelExecutor, plan: DirectPlan) -> bool:
+        if slow.is_set():
+            time.sleep(1.0)
+        return original(self, plan)
+
+    def expire(signum: int, frame: object) -> None:
+        raise ExpiredError
+
+    monkeypatch.setattr(ModelExecutor, "_run_bound", sleepy)
+    previous = signal.signal(signal.SIGALRM, expire)
+    try:
+        slow.set()
+        started = time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(ExpiredError):
+            handle.infer({"x": x})
+        assert time.monotonic() - started < 0.8  # interrupted, not waited out
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)
+    slow.clear()
+    x[:] = 2.0  # the late reply to the interrupted call is not taken for this one's
+    assert handle.infer({"x": x})["y"].tolist() == [[7.0] * 4]

@@ -207,12 +207,20 @@ static Outcome receive(int fd, char *into, size_t capacity, size_t *got, PyThrea
     return n == 0 ? SENT_CLOSED : after_failure(fd, POLLIN, state);
 }
 
-/* Poll for the reply for up to the budget, yielding the core between polls (spin.py). */
-static void spin(Lane *self, int64_t started_ns) {
-    if (self->budget_ns <= 0 || self->mean_wait_ns > self->budget_ns) return;
+/* Poll for the reply for up to the budget, yielding the core between polls (spin.py). A signal
+   that comes meanwhile mostly lands outside a system call that it could interrupt, so before the
+   caller blocks, Python's handlers run (a task's time limit raises from its SIGALRM handler): 0
+   to go on, -1 if one raised. */
+static int spin(Lane *self, int64_t started_ns, PyThreadState **state) {
+    if (self->budget_ns <= 0 || self->mean_wait_ns > self->budget_ns) return 0;
     int64_t deadline_ns = started_ns + self->budget_ns;
     struct pollfd pfd = {self->fd, POLLIN, 0};
-    while (poll(&pfd, 1, 0) == 0 && now_ns() < deadline_ns) sched_yield();
+    for (;;) {
+        int ready = poll(&pfd, 1, 0);
+        if (ready > 0 || (ready < 0 && errno != EINTR)) return 0; /* recv says what failed */
+        if (ready < 0 || now_ns() >= deadline_ns) return handle_signals(state);
+        sched_yield();
+    }
 }
 
 /* Send `frame`, read one whole reply frame into `self->reply`; its body length in `length`.
@@ -223,7 +231,7 @@ static Outcome exchange(Lane *self, const char *frame, size_t frame_size, size_t
     int64_t started_ns = now_ns();
     Outcome outcome = send_all(self->fd, frame, frame_size, &state);
     size_t got = 0, end = 0; /* end: 0 until the header is in */
-    if (outcome == SENT_OK) spin(self, started_ns);
+    if (outcome == SENT_OK && spin(self, started_ns, &state) < 0) outcome = SENT_SIGNAL;
     while (outcome == SENT_OK && got < (end ? end : HEADER_SIZE)) {
         outcome = receive(self->fd, self->reply, end ? end : REPLY_BYTES, &got, &state);
         if (outcome == SENT_OK && end == 0 && got >= HEADER_SIZE) {
