@@ -251,6 +251,11 @@ def pss_bytes(pid: int) -> int:
     raise RuntimeError(f"no Pss line in /proc/{pid}/smaps_rollup")
 
 
+def _environment(added: dict[str, str] | None) -> dict[str, str] | None:
+    """A child's environment: ours, with `added` (None: ours as it is)."""
+    return None if added is None else {**os.environ, **added}
+
+
 class Worker:
     def __init__(
         self, mode: str, target: Path, model: str, threads: int, env: dict[str, str] | None = None
@@ -264,7 +269,7 @@ class Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env=None if env is None else {**os.environ, **env},
+            env=_environment(env),
         )
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
@@ -390,7 +395,7 @@ def _started(
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env=None if env is None else {**os.environ, **env},
+        env=_environment(env),
     )
     assert proc.stdout is not None
     if not proc.stdout.readline():
@@ -402,15 +407,6 @@ def _started(
         proc.terminate()
         proc.wait(30)
         proc.stdout.close()
-
-
-def cpu_ns(pid: int) -> int:
-    """On-CPU time so far of every thread of `pid`, in nanoseconds (`schedstat`)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended
-            total += int((task / "schedstat").read_text().split()[0])
-    return total
 
 
 class Round(NamedTuple):
@@ -425,13 +421,17 @@ class Round(NamedTuple):
 def measured(
     pool: list[Worker], seconds: float, *, in_place: bool = False, server_pid: int | None = None
 ) -> Round:
-    clients = [w.pid for w in pool]
-    client_ns, server_ns = sum(map(cpu_ns, clients)), cpu_ns(server_pid) if server_pid else 0
+    from fleetinfer.bench.measure import process_on_cpu_ns
+
+    def cpu_ns() -> tuple[int, int]:
+        clients = sum(process_on_cpu_ns(w.pid) for w in pool)
+        return clients, process_on_cpu_ns(server_pid) if server_pid else 0
+
+    before = cpu_ns()
     for w in pool:
         w.send(f"run {seconds}" + (" inplace" if in_place else ""))
     answers = [w.answer() for w in pool]
-    client_ns = sum(map(cpu_ns, clients)) - client_ns
-    server_ns = (cpu_ns(server_pid) if server_pid else 0) - server_ns
+    client_ns, server_ns = (after - start for after, start in zip(cpu_ns(), before, strict=True))
     calls = max(1, sum(int(a["samples"]) for a in answers))  # batch 1: a sample is a call
     rate = sum(a["samples"] / a["elapsed_s"] for a in answers)
     return Round(rate, client_ns / calls / 1000, server_ns / calls / 1000)

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,14 @@ from typing import Any
 import pytest
 
 from fleetinfer.bench.instances import instance_shape, load_instances
-from fleetinfer.bench.measure import PssSample, PssSampler, child_pids, role_mib, window_cpu_s
+from fleetinfer.bench.measure import (
+    PssSample,
+    PssSampler,
+    child_pids,
+    process_on_cpu_ns,
+    role_mib,
+    window_cpu_s,
+)
 from fleetinfer.bench.payloads import load_payloads
 from fleetinfer.bench.probe import counting
 from fleetinfer.bench.report import (
@@ -233,6 +241,32 @@ def test_pss_roles_number_workers_and_add_up_server_processes() -> None:
 def test_window_cpu_counts_only_processes_seen_at_both_ends() -> None:
     samples = [PssSample(0.0, {}, {1: 1.0, 2: 5.0}), PssSample(1.0, {}, {1: 3.0, 3: 9.0})]
     assert window_cpu_s(samples) == 2.0
+
+
+def test_on_cpu_time_counts_every_live_thread_of_a_process() -> None:
+    burnt, done = threading.Event(), threading.Event()
+
+    def burn(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    def worker_thread() -> None:
+        burn(0.05)
+        burnt.set()
+        done.wait(10)  # alive while it is counted
+
+    before = process_on_cpu_ns(os.getpid())
+    worker = threading.Thread(target=worker_thread)
+    worker.start()
+    try:
+        burn(0.05)
+        assert burnt.wait(10)
+        spent = process_on_cpu_ns(os.getpid()) - before
+    finally:
+        done.set()
+        worker.join()
+    assert 0.1e9 <= spent < 5e9  # both threads' 50 ms, not a clock-tick estimate
 
 
 def test_window_cpu_leaves_out_what_the_sampler_spent() -> None:

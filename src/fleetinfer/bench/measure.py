@@ -8,6 +8,7 @@ every sample with its time, so a report can pick the steady window (after the fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import statistics
@@ -197,6 +198,18 @@ def process_cpu_s(pid: int) -> float:
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def process_on_cpu_ns(pid: int) -> int:
+    """Nanoseconds the live threads of one process have spent on a CPU so far (`schedstat`):
+    exact, where `process_cpu_s` counts clock ticks; for CPU per call of calls well under a
+    tick. A thread that has ended is no longer counted: take both readings while the threads
+    that do the work live (a server's connection and model threads do)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
 
 
 def window_cpu_s(samples: list[PssSample]) -> float:

@@ -74,6 +74,14 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* A wait that began at `started_ns` is over: fold its length, capped at 4 budgets, into the
+   running mean that says whether spinning is worth it (spin.py, `Spinner.answered`). */
+static void fold_wait(int64_t *mean_wait_ns, int64_t budget_ns, int64_t started_ns) {
+    int64_t waited_ns = now_ns() - started_ns;
+    if (waited_ns > 4 * budget_ns) waited_ns = 4 * budget_ns;
+    *mean_wait_ns += (waited_ns - *mean_wait_ns) >> MEAN_WEIGHT_SHIFT;
+}
+
 /* ---- keys: the model, the version and, per input, name, format, shape and placement ---- */
 
 typedef struct {
@@ -244,10 +252,10 @@ static Outcome exchange(Lane *self, const char *frame, size_t frame_size, size_t
         }
     }
     if (outcome == SENT_OK && got > end) outcome = SENT_BAD_FRAME;
-    int64_t waited_ns = now_ns() - started_ns;
-    if (waited_ns > 4 * self->budget_ns) waited_ns = 4 * self->budget_ns;
-    self->mean_wait_ns += (waited_ns - self->mean_wait_ns) >> MEAN_WEIGHT_SHIFT;
+    int failure = errno; /* for raise_outcome: what follows must not change it */
+    fold_wait(&self->mean_wait_ns, self->budget_ns, started_ns);
     PyEval_RestoreThread(state);
+    errno = failure;
     *length = end > HEADER_SIZE ? end - HEADER_SIZE : 0;
     return outcome;
 }
@@ -728,11 +736,7 @@ static Outcome fill_frame(ServerLane *self, PyThreadState **state, int *bad) {
         Outcome outcome = receive(self->fd, self->buf, READ_BYTES, &self->end, state);
         if (outcome != SENT_OK) return outcome;
     }
-    if (started_ns) {
-        int64_t waited_ns = now_ns() - started_ns;
-        if (waited_ns > 4 * self->budget_ns) waited_ns = 4 * self->budget_ns;
-        self->mean_wait_ns += (waited_ns - self->mean_wait_ns) >> MEAN_WEIGHT_SHIFT;
-    }
+    if (started_ns) fold_wait(&self->mean_wait_ns, self->budget_ns, started_ns);
     return SENT_OK;
 }
 

@@ -290,10 +290,9 @@ class Connection:
         self._send_lock: AbstractContextManager[Any] = threading.Lock()
         if server.native:
             self._send_lock = latch = compiled.Latch()  # taken by the lane too
-            readable, tally = server.readable.fileno(), server.tally
-            assert isinstance(tally, compiled.Tally)
-            spin_us = server.config.spin_us
-            self.lane = compiled.ServerLane(sock.fileno(), readable, tally, latch, spin_us)
+            assert isinstance(self.tally, compiled.Tally)
+            readable, spin_us = server.readable.fileno(), server.config.spin_us
+            self.lane = compiled.ServerLane(sock.fileno(), readable, self.tally, latch, spin_us)
         # `_serve_in_python`'s read buffer (the lane has its own)
         self._buf = bytearray(0 if self.lane else 2 * (HEADER.size + MAX_BODY_BYTES))
         self._view = memoryview(self._buf)
@@ -321,13 +320,12 @@ class Connection:
                 raise _FrameError(f"frame header {body!r} refused")
             if kind != Kind.INFER:
                 self._handle(kind, request_id, body)
-            elif self._run_repeated(request_id, body):  # in Python this once, in C from now on
-                self._offer(lane, body)
-            else:
-                seen = self.prepared.get(body, self.server.registry.generation) is not None
+                continue
+            prepared = self._cached(body)
+            if not self._run_repeated(request_id, prepared):
                 self._handle(kind, request_id, body)
-                if seen:  # a layout sent again: worth keeping (a long-way request comes once)
-                    self._offer(lane, body)
+            if prepared is not None:  # a layout sent again (a long-way request comes once):
+                self._offer(lane, body)  # the lane serves it from now on
 
     def _serve_in_python(self) -> None:
         while True:
@@ -336,13 +334,13 @@ class Connection:
             kind, request_id, body = self._read_frame()
             self.spinner.answered()
             self.tally.read()
-            if kind != Kind.INFER or not self._run_repeated(request_id, body):
+            if kind != Kind.INFER or not self._run_repeated(request_id, self._cached(body)):
                 self._handle(kind, request_id, body)
 
     def _offer(self, lane: compiled.ServerLane, body: bytes) -> None:
         """After `_handle` ran a request whose layout was cached: if it has a direct plan
         (made by its first run), the lane serves it from now on, as `_run_repeated` would."""
-        prepared = self.prepared.get(body, self.server.registry.generation)
+        prepared = self._cached(body)  # again: `_handle` may have prepared it anew
         if prepared is None or prepared.slot.plan is None:
             return
         plan, region = prepared.slot.plan, prepared.region
@@ -433,12 +431,15 @@ class Connection:
                 f"unknown frame kind {kind}: expected one of 1 (attach), 2 (infer), 3, 4"
             )
 
-    def _run_repeated(self, request_id: int, body: bytes) -> bool:
+    def _cached(self, body: bytes) -> Prepared | None:
+        """The validated layout of a request body this connection sent before, if still valid."""
+        return self.prepared.get(body, self.server.registry.generation)
+
+    def _run_repeated(self, request_id: int, prepared: Prepared | None) -> bool:
         """The fast lane, tried first for every request: one this connection sent before, byte
-        for byte, whose direct plan is made, runs right here when its model is idle
+        for byte (`prepared`), whose direct plan is made, runs right here when its model is idle
         (`ModelExecutor.run_planned`). False, with nothing done, otherwise: `_infer` then
         takes it the long way, errors included."""
-        prepared = self.prepared.get(body, self.server.registry.generation)
         if prepared is None or prepared.slot.plan is None:
             return False
         executor, plan = prepared.executor, prepared.slot.plan
