@@ -25,7 +25,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
@@ -179,7 +179,7 @@ def _check_top_level(raw: dict[str, Any]) -> list[str]:
         if key not in ("node", "deploy"):
             errors.append(_unknown(key, ("node", "deploy"), "a table"))
         elif not isinstance(value, dict):
-            errors.append(f"{key}: expected a table ([{key}]), got {type(value).__name__}")
+            errors.append(f"{key}: expected a table, got {type(value).__name__}")
     return errors
 
 
@@ -202,13 +202,19 @@ def _typed(
     for key, value in raw.items():
         where = env_name(key) if prefix == "$" else f"{prefix}{key}"
         if key not in _FIELD_TYPES:
-            errors.append(_unknown(where, SETTING_NAMES, "a [node] key", key=key))
+            errors.append(_unknown(where, SETTING_NAMES, "a node setting", key=key))
             continue
         try:
             values[key] = msgspec.convert(value, type=_FIELD_TYPES[key], strict=strict)
         except msgspec.ValidationError as exc:
-            errors.append(f"{where}: {exc} (got {value!r})")
+            errors.append(f"{where}: {_expected(_FIELD_TYPES[key], exc)} (got {value!r})")
     return values, errors
+
+
+def _expected(kind: Any, exc: msgspec.ValidationError) -> str:
+    if get_origin(kind) is Literal:
+        return "expected one of " + ", ".join(str(v) for v in get_args(kind))
+    return str(exc).replace("`", "")
 
 
 def _cross_checks(values: Mapping[str, Any]) -> list[str]:

@@ -1,7 +1,7 @@
 """`fleetinfer config show`: the node's effective configuration, secrets masked.
 
 It reads what `fleetinfer run` reads, in the same order (./fleetinfer.toml or --config FILE, then
-FLEETINFER_* variables), and prints every `[node]` key with where its value came from.
+FLEETINFER_* variables), and prints every `[node]` key with its effective value.
 """
 
 from __future__ import annotations
@@ -39,12 +39,11 @@ def show(config_file: ConfigOption = None, json_output: JsonOption = False) -> N
         return
     stdout.print("[node]", markup=False)
     for key, value in shown.items():
-        stdout.print(f"{key} = {_toml(value)}", markup=False, soft_wrap=True)
+        line = f"# {key} (not set)" if value is None else f"{key} = {_toml(value)}"
+        stdout.print(line, markup=False, soft_wrap=True)
 
 
 def _toml(value: object) -> str:
-    if value is None:
-        return "# (not set)"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

@@ -202,8 +202,8 @@ class NodeAgent:
 
     def run(self, on_ready: Callable[[NodeStarted], None] | None = None) -> NodeReport:
         started = time.monotonic()
+        self._check_config()  # nothing started yet: a failure is one error, nothing to drain
         try:
-            self._check_config()
             self._start_services()
             plan = self._start_workers()
             if on_ready is not None:
