@@ -200,7 +200,7 @@ def _typed(
     values: dict[str, Any] = {}
     errors: list[str] = []
     for key, value in raw.items():
-        where = env_name(key) if prefix == "$" else f"{prefix}{key}"
+        where = _where(prefix, key)
         if key not in _FIELD_TYPES:
             errors.append(_unknown(where, SETTING_NAMES, "a node setting", key=key))
             continue
@@ -215,6 +215,15 @@ def _expected(kind: Any, exc: msgspec.ValidationError) -> str:
     if get_origin(kind) is Literal:
         return "expected one of " + ", ".join(str(v) for v in get_args(kind))
     return str(exc).replace("`", "")
+
+
+def _where(prefix: str, key: str) -> str:
+    """How the user wrote `key`: node.grace_s, FLEETINFER_GRACE_S, --grace-s, the argument."""
+    if prefix == "$":
+        return env_name(key)
+    if prefix == "--":
+        return "the TARGET argument" if key == "target" else "--" + key.replace("_", "-")
+    return prefix + key
 
 
 def _cross_checks(values: Mapping[str, Any]) -> list[str]:
@@ -328,4 +337,5 @@ def node_config(settings: NodeSettings) -> NodeConfig:
         preload_workers=settings.preload,
         worker_nice=settings.worker_nice,
         log_format=settings.log_format,
+        progress=settings.log_format == "text",  # JSON logs are for machines: no live line
     )

@@ -81,3 +81,10 @@ def test_the_progress_line_is_silent_when_not_a_terminal() -> None:
     progress.record(SUCCEEDED)
     progress.close()
     assert stream.getvalue() == ""
+
+
+def test_the_progress_line_stays_off_when_not_wanted_even_on_a_terminal() -> None:
+    terminal = FakeTerminal()
+    progress = ProgressLine(terminal, interval_s=0.0, wanted=False)
+    progress.record(SUCCEEDED)
+    assert terminal.getvalue() == ""

@@ -79,6 +79,7 @@ class NodeConfig:
     worker_nice: int | None = None  # None: WORKER_NICE_WITH_SERVER with a model server, else 0
     allow_dead_letters: bool = False  # with exit_when_empty: exit 0 even if tasks went dead
     log_format: str = "text"  # or "json": one object per line (fleetinfer.node.logs)
+    progress: bool = False  # a live progress line on stderr when it is a terminal (`run`)
 
     def __post_init__(self) -> None:
         if self.worker_nice is not None and not 0 <= self.worker_nice <= 19:
@@ -196,7 +197,7 @@ class NodeAgent:
         self._server: ModelServerProcess | None = None
         self._broker: Broker | None = None
         self._empty_checks = 0
-        self.progress = ProgressLine()  # on a terminal only
+        self.progress = ProgressLine(wanted=config.progress)  # on a terminal only
 
     # -- the run -----------------------------------------------------------------------------
 

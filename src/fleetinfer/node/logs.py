@@ -87,9 +87,11 @@ class ProgressLine:
     """`done 120, failed 3, 41.2 tasks/min` rewritten in place on a terminal, twice a second;
     nothing at all when the stream is not a terminal (a log file, a pipe, a container)."""
 
-    def __init__(self, stream: IO[str] | None = None, *, interval_s: float = 0.5) -> None:
+    def __init__(
+        self, stream: IO[str] | None = None, *, interval_s: float = 0.5, wanted: bool = True
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = _is_tty(self.stream)
+        self.enabled = wanted and _is_tty(self.stream)
         self.interval_s = interval_s
         self._counts = {"done": 0, "failed": 0}
         self._lock = threading.Lock()
