@@ -109,6 +109,11 @@ def test_bad_configuration_input_gets_one_line_and_a_named_exit_code(project: Pa
             "postgresql://postgres:***@127.0.0.1:1/test' cannot be reached",
         ),
         (("--workers", "0"), ExitCode.CONFIG, "--workers: Expected int >= 1 (got 0)"),
+        (
+            ("--client", "triton", "--triton-url", "127.0.0.1:1"),
+            ExitCode.UNAVAILABLE,
+            "Triton at 127.0.0.1:1 does not answer",
+        ),
     ]
     if os.geteuid() != 0:  # root reads any file: there the file is a missing one instead
         cases.append(
@@ -214,7 +219,12 @@ def test_no_password_of_a_url_shows_on_any_command_line_during_a_run(
     node = RunningNode(
         project, "--workers", "2", "--no-preload", env=_env(FLEETINFER_RESULTS=results_url)
     )
-    forked = RunningNode(project, "--workers", "1", env=_env(FLEETINFER_RESULTS=results_url))
+    (project / "password").write_text(PASSWORD + "\n")
+    (project / "node.toml").write_text(
+        '[node]\nresults = "postgresql://postgres@127.0.0.1:5432/test"\n'
+        f'results_password_file = "{project / "password"}"\nworkers = 1\n'
+    )
+    forked = RunningNode(project, "--config", "node.toml", env=_env())
     running.extend([node, forked])
     node.ready()
     forked.ready()

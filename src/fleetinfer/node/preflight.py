@@ -145,7 +145,9 @@ def repository_models(root: Path) -> list[str]:
             f"<repo>/<model>/{CONFIG_FILE} and <repo>/<model>/<version>/model.onnx"
         )
     repository = ModelRepository(root)
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__pycache__"))
+    )
     problems = [_model_problem(repository, folder) for folder in folders]
     found = [p for p in problems if p is not None]
     if found:
