@@ -19,6 +19,8 @@ from __future__ import annotations
 import http.client
 import logging
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,23 +64,19 @@ def check_node(config: NodeConfig) -> Broker:
     return broker
 
 
-class one_line_errors:  # noqa: N801 - a context manager read as a clause
+@contextmanager
+def one_line_errors(config: NodeConfig) -> Iterator[None]:
     """Our errors leave as one line, any password of the node's URLs shown as ***."""
-
-    def __init__(self, config: NodeConfig) -> None:
-        self._urls = {config.queue_url, config.results_url}
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, FleetinferError):
-            text = str(exc)
-            for url in self._urls:
-                text = text.replace(url, mask_url(url))
-            text = " ".join(text.split())
-            if text != str(exc):
-                raise type(exc)(text) if _plain(exc) else ConfigError(text) from exc
+    try:
+        yield
+    except FleetinferError as exc:
+        text = str(exc)
+        for url in (config.queue_url, config.results_url):
+            text = text.replace(url, mask_url(url))
+        text = " ".join(text.split())
+        if text == str(exc):
+            raise
+        raise (type(exc)(text) if _plain(exc) else ConfigError(text)) from exc
 
 
 def _plain(exc: BaseException) -> bool:
