@@ -136,7 +136,7 @@ def load_settings(
     """The effective node settings: the file (`path`, else ./fleetinfer.toml if present), then
     `FLEETINFER_*` variables, then `overrides` (flags; None values are flags not given)."""
     raw = _read_file(path, cwd or Path.cwd())
-    node_raw = raw.get("node", {})
+    node_raw = raw.get("node", {}) if isinstance(raw.get("node", {}), dict) else {}
     errors = _check_top_level(raw)
     values, file_errors = _typed(node_raw, prefix="node.", strict=True)
     env_values, env_errors = _typed(_from_environment(environ), prefix="$", strict=False)
