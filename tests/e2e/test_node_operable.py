@@ -238,3 +238,28 @@ def test_no_password_of_a_url_shows_on_any_command_line_during_a_run(
     wait_for(lambda: _pending(project) == 0, 30, "every result stored with the password's URL")
     assert node.stop() == 0
     assert forked.stop() == 0
+
+
+def test_json_logs_are_one_object_per_line_and_verbose_logs_each_successful_task(
+    project: Path,
+) -> None:
+    with open_broker(f"sqlite:///{project}/.fleetinfer/queue.db") as broker:
+        broker.purge()
+        task_ids = send_tasks(broker, "square", [{"x": 3}, {"x": 4}])
+        send_tasks(broker, "always_fails", ["seg"])  # the worker warns, with the reason
+    done, _ = fleetinfer_run(
+        project, "-v", "--log-format", "json", "--exit-when-empty", "--workers", "1",
+        "--allow-dead-letters",
+    )  # fmt: skip
+    assert done.returncode == ExitCode.OK, done.stderr
+    records = [json.loads(line) for line in done.stderr.splitlines()]  # every line is JSON
+    settled = {r["task_id"]: r for r in records if r["logger"] == "fleetinfer.tasks"}
+    for task_id in task_ids:
+        assert settled[task_id]["outcome"] == "succeeded"
+        assert settled[task_id]["task"] == "square"
+        assert settled[task_id]["level"] == "info"
+        assert settled[task_id]["duration_s"] >= 0
+    worker_warnings = [r for r in records if r["logger"] == "fleetinfer.worker"]
+    assert worker_warnings
+    assert {r["level"] for r in worker_warnings} <= {"warning", "error"}
+    assert not [r for r in records if "the queue is empty" in r["message"] and r["level"] != "info"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,6 +20,7 @@ from fleetinfer.cli.config_cmd import ConfigOption
 from fleetinfer.cli.paths import add_working_directory_to_path
 from fleetinfer.config import load_settings, node_config
 from fleetinfer.node.agent import NodeReport, NodeStarted, run_node
+from fleetinfer.node.logs import announce_json
 from fleetinfer.node.logs import configure_logging as configure_node_logging
 from fleetinfer.node.preemption import DEFAULT_SPOT_ENDPOINT
 from fleetinfer.node.preflight import one_line_errors
@@ -174,8 +175,8 @@ def run(
         add_working_directory_to_path()
         config = node_config(settings)
         with one_line_errors(config):
-            report = run_node(config, on_ready=_ready_printer(json_output))
-        _print_report(report, json_output)
+            report = run_node(config, on_ready=_ready_printer(json_output, config.log_format))
+        _print_report(report, json_output, config.log_format)
     if dead_lettered(report) and config.exit_when_empty and not config.allow_dead_letters:
         raise typer.Exit(ExitCode.DEAD_LETTERS)
 
@@ -185,7 +186,15 @@ def dead_lettered(report: NodeReport) -> int:
     return sum(report.outcomes.get(k, 0) for k in ("dead", "rejected", "malformed"))
 
 
-def _ready_printer(json_output: bool) -> Callable[[NodeStarted], None]:
+def _tell(text: str, log_format: str, **fields: Any) -> None:
+    """The node's own line on stderr: text, or a JSON record with `--log-format json`."""
+    if log_format == "json":
+        announce_json(text, **fields)
+    else:
+        stderr.print(text, soft_wrap=True)
+
+
+def _ready_printer(json_output: bool, log_format: str) -> Callable[[NodeStarted], None]:
     def ready(started: NodeStarted) -> None:
         plan = started.plan
         if json_output:
@@ -203,10 +212,8 @@ def _ready_printer(json_output: bool) -> Callable[[NodeStarted], None]:
             )
             return
         where = f", metrics {started.metrics_url}/metrics" if started.metrics_url else ""
-        stderr.print(
-            f"node {started.pid}: {plan.workers} workers ({_sizing_text(started)}){where}",
-            soft_wrap=True,
-        )
+        text = f"node {started.pid}: {plan.workers} workers ({_sizing_text(started)}){where}"
+        _tell(text, log_format, metrics_url=started.metrics_url, workers=plan.workers)
 
     return ready
 
@@ -219,7 +226,7 @@ def _sizing_text(started: NodeStarted) -> str:
     return f"by cores {plan.by_cores}, by memory {plan.by_memory} at {pss_mib:.0f} MiB PSS each"
 
 
-def _print_report(report: NodeReport, json_output: bool) -> None:
+def _print_report(report: NodeReport, json_output: bool, log_format: str) -> None:
     if json_output:
         print_json(
             {
@@ -233,8 +240,8 @@ def _print_report(report: NodeReport, json_output: bool) -> None:
         )
         return
     done = ", ".join(f"{k} {v}" for k, v in report.outcomes.items() if v) or "no tasks"
-    stderr.print(
+    text = (
         f"node stopped ({report.reason}) after {report.duration_s:.1f} s: {done}; "
-        f"{report.restarts} restart(s), drain {report.drain_s:.1f} s",
-        soft_wrap=True,
+        f"{report.restarts} restart(s), drain {report.drain_s:.1f} s"
     )
+    _tell(text, log_format, reason=report.reason, outcomes=report.outcomes)

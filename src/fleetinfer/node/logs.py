@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -63,6 +64,15 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def announce_json(message: str, **fields: Any) -> None:
+    """A line the command always prints (the node's ready and stopped lines), as a JSON log
+    record on stderr, whatever the level: with `--log-format json` stderr stays all JSON."""
+    body = {"time": round(time.time(), 3), "level": "info", "logger": "fleetinfer.node"}
+    body |= {"message": message, "pid": os.getpid(), **fields}
+    sys.stderr.write(json.dumps(body, default=str) + "\n")
+    sys.stderr.flush()
 
 
 def log_task(event: dict[str, Any]) -> None:
