@@ -23,7 +23,7 @@ from fleetinfer.queue import open_broker
 from fleetinfer.results import open_store
 from fleetinfer.task import send_tasks
 from tests.apps.harness import REPO_ROOT, wait_for
-from tests.helpers.tiny_models import affine_repository
+from tests.helpers.tiny_models import affine_repository, write_config
 
 TASKS = 5
 PASSWORD = "s3cret-Pw-o21a"
@@ -91,6 +91,19 @@ def test_a_misconfigured_node_exits_at_once_with_one_line_and_the_queue_keeps_it
     assert done.returncode == ExitCode.CONFIG, done.stderr
     assert problem.format(models=models) in one_line(done.stderr)
     assert took_s < 10
+    assert_queue_holds_every_task(project)
+
+
+@pytest.mark.parametrize("client", ["inprocess", "shared"])
+def test_a_model_that_does_not_load_stops_the_node_with_one_line(
+    project: Path, client: str
+) -> None:
+    write_config(project / "models" / "broken", "broken")
+    (project / "models" / "broken" / "1").mkdir()
+    (project / "models" / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx graph")
+    done, _ = fleetinfer_run(project, "--models", "models", "--client", client)
+    assert done.returncode == ExitCode.CONFIG, done.stderr
+    assert "INVALID_PROTOBUF" in one_line(done.stderr)
     assert_queue_holds_every_task(project)
 
 

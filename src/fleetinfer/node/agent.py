@@ -319,7 +319,7 @@ class NodeAgent:
 
     def _stop_services(self) -> None:
         if not self.drain.is_set():
-            self.drain.request("the agent failed")
+            self.drain.request("the agent failed", routine=True)  # its error is reported
             self.supervisor.stop(self.config.kill_after_s)
         if self._server is not None:
             self._server.cleanup()

@@ -92,7 +92,8 @@ class ModelServerProcess:
                     return
             elif process.poll() is not None:
                 break
-        errors = self.log_path.read_text(errors="replace").strip()[-600:]
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        errors = lines[-1][-600:] if lines else "no error output"  # the error, not its traceback
         self.stop()
         raise ConfigError(
             f"the model server for {self.options.models} did not become ready: {errors}"

@@ -19,6 +19,8 @@ from __future__ import annotations
 import http.client
 import logging
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +46,7 @@ log = logging.getLogger("fleetinfer.node")
 
 CLIENT_MODES = ("inprocess", "shared", "triton")
 PROBE_TIMEOUT_S = 5.0
+LOAD_TIMEOUT_S = 300.0  # loading every model of a repository, in a child process
 PROBE_TASK_ID = "fleetinfer-preflight-probe"
 
 
@@ -129,8 +132,7 @@ def check_models(config: NodeConfig) -> None:
     """The repository is whole; in process every model loads, with Triton every one is ready."""
     names = [] if config.models is None else repository_models(config.models)
     if config.client_mode == "inprocess" and config.models is not None:
-        for name in names:
-            _load_in_process(config.models, name)
+        _load_each(config.models, names)
     if config.client_mode == "triton" and config.triton_url:
         _check_triton(config.triton_url, names)
 
@@ -168,13 +170,34 @@ def _model_problem(repository: ModelRepository, folder: Path) -> str | None:
     return None
 
 
-def _load_in_process(root: Path, name: str) -> None:
+def _load_each(root: Path, names: list[str]) -> None:
+    """Each model loads in ONNX Runtime, in a child process: the agent holds no session (its
+    memory would count against the node) and never imports onnxruntime."""
+    command = [sys.executable, "-m", "fleetinfer.node.preflight", str(root), *names]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=LOAD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ModelConfigError(
+            f"the models of {root} did not load within {LOAD_TIMEOUT_S:g} s"
+        ) from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        why = lines[-1] if lines else f"the loader exited with {done.returncode}"
+        raise ModelConfigError(why)
+
+
+def load_models(root: Path, names: list[str]) -> None:
+    """Load each model's newest served version once (what a worker would load)."""
     from fleetinfer.server.session import OrtModel
 
-    try:
-        OrtModel(ModelRepository(root).resolve(name), intra_op_threads=1)
-    except FleetinferError as exc:
-        raise ModelConfigError(f"model {name!r} of {root} does not load: {exc}") from exc
+    repository = ModelRepository(root)
+    for name in names:
+        try:
+            OrtModel(repository.resolve(name), intra_op_threads=1)
+        except Exception as exc:  # ONNX Runtime's own errors too
+            raise ModelConfigError(
+                f"model {name!r} of {root} does not load: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def _check_triton(url: str, names: list[str]) -> None:
@@ -216,3 +239,19 @@ def check_results(url: str) -> None:
         store.get(PROBE_TASK_ID)
     finally:
         store.close()
+
+
+def main(argv: list[str]) -> int:
+    """`python -m fleetinfer.node.preflight REPO MODEL...`: exit 3 with one line on stderr if a
+    model does not load."""
+    root, *names = argv
+    try:
+        load_models(Path(root), names)
+    except ModelConfigError as exc:
+        print(" ".join(str(exc).split()), file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
