@@ -152,6 +152,15 @@ def load_settings(
     return msgspec.convert(merged, type=NodeSettings)
 
 
+def load_config_file(path: Path | None = None, *, cwd: Path | None = None) -> ConfigFile:
+    """The whole file as written (no environment, no flags): its validated `[node]` table and
+    its `[deploy]` table as it stands, for `fleetinfer deploy render`, which validates that."""
+    raw = _read_file(path, cwd or Path.cwd())
+    node = load_settings(path, environ={}, cwd=cwd)
+    deploy = raw.get("deploy", {})
+    return ConfigFile(node=node, deploy=deploy if isinstance(deploy, dict) else {})
+
+
 def _read_file(path: Path | None, cwd: Path) -> dict[str, Any]:
     if path is None:
         default = cwd / CONFIG_FILE

@@ -13,9 +13,9 @@ import pytest
 
 from fleetinfer.config import (
     SETTING_NAMES,
-    ConfigFile,
     NodeSettings,
     env_name,
+    load_config_file,
     load_settings,
     mask_url,
     node_config,
@@ -77,12 +77,8 @@ def test_a_file_that_is_not_toml_is_an_error_naming_it(tmp_path: Path) -> None:
 def test_the_deploy_table_is_left_for_deploy_render(tmp_path: Path) -> None:
     path = write(tmp_path, '[node]\nworkers = 2\n[deploy]\nimage = "x"\n[deploy.kubernetes]\n')
     assert load_settings(path, environ={}).workers == 2
-    import tomllib
-
-    import msgspec
-
-    whole = msgspec.convert(tomllib.loads(path.read_text()), type=ConfigFile)
-    assert whole.deploy == {"image": "x", "kubernetes": {}}
+    whole = load_config_file(path)
+    assert (whole.node.workers, whole.deploy) == (2, {"image": "x", "kubernetes": {}})
 
 
 def test_a_password_file_is_merged_into_the_url_in_memory_only(tmp_path: Path) -> None:
