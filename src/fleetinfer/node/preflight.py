@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fleetinfer.node")
 
-CLIENT_MODES = ("inprocess", "shared", "triton")
 PROBE_TIMEOUT_S = 5.0
 LOAD_TIMEOUT_S = 300.0  # loading every model of a repository, in a child process
 PROBE_TASK_ID = "fleetinfer-preflight-probe"
@@ -95,6 +94,8 @@ def _plain(exc: BaseException) -> bool:
 
 
 def check_client(config: NodeConfig) -> None:
+    from fleetinfer.client import CLIENT_MODES
+
     mode = config.client_mode
     if mode not in CLIENT_MODES:
         raise ConfigError(
