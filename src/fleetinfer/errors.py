@@ -12,6 +12,7 @@ FleetinferError
 │   ├── MalformedMessageError   a message that is not valid JSON / not a task envelope
 │   ├── UnknownTaskError        a message names a task nobody registered
 │   ├── UnknownModelError       no such model or version in the repository
+│   │   └── ModelNotServedError a task asked for a model this node does not serve
 │   ├── InvalidInputError       wrong tensor name, dtype, shape or batch size
 │   └── CalibrationError        calibration or evaluation inputs do not fit the model
 ├── TransientError              retry later; the condition is expected to pass
@@ -84,6 +85,10 @@ class UnknownTaskError(InputError):
 
 class UnknownModelError(InputError):
     """A request names a model or version the repository does not have."""
+
+
+class ModelNotServedError(UnknownModelError):
+    """A task asked for a model this node does not serve: released for another node."""
 
 
 class InvalidInputError(InputError):

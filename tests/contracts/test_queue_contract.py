@@ -13,6 +13,8 @@ Where a backend cannot honour a clause the way the others do, the difference is 
   message to exactly one of many concurrent consumers. An SQS standard queue does not promise it
   (AWS: "more than one copy of a message might be delivered"), and moto's ReceiveMessage is not
   atomic across concurrent requests, so on SQS the test asserts at-least-once only.
+- `tells_message_age`: SQLite and Redis report the age of the oldest visible message in
+  `stats()`; SQS keeps it only as a CloudWatch metric, so its `stats()` says None.
 - SQS times are whole seconds, so timeouts and delays here are whole seconds on every backend.
 """
 
@@ -41,12 +43,13 @@ class Backend:
     detects_stale_ack: bool
     delayed_release_counts_as: str  # "delayed" or "in_flight"
     exclusive_delivery: bool
+    tells_message_age: bool = True
 
 
 BACKENDS = {
     "sqlite": Backend("sqlite", True, "delayed", exclusive_delivery=True),
     "redis": Backend("redis", True, "delayed", exclusive_delivery=True),
-    "sqs": Backend("sqs", False, "in_flight", exclusive_delivery=False),
+    "sqs": Backend("sqs", False, "in_flight", exclusive_delivery=False, tells_message_age=False),
 }
 
 OpenBroker = Callable[..., Broker]
@@ -400,3 +403,28 @@ def test_purge_deletes_live_and_dead_messages(open_: OpenBroker) -> None:
     stats = broker.stats()
     assert (stats.pending, stats.dead) == (0, 0)
     assert broker.receive() == []
+
+
+def test_stats_tell_the_age_of_the_oldest_visible_message(
+    open_: OpenBroker, backend: Backend
+) -> None:
+    broker = open_(visibility_timeout_s=30)
+    empty = broker.stats().oldest_visible_age_s
+    before = time.time()
+    broker.send_batch(["old", "new"])
+    time.sleep(1.2)
+    ages = broker.stats().oldest_visible_age_s
+    taken = receive_one(broker)
+    after_receive = broker.stats().oldest_visible_age_s
+    broker.ack(taken.receipt)
+    remaining = receive_one(broker)
+    broker.ack(remaining.receipt)
+    if not backend.tells_message_age:
+        assert (empty, ages, after_receive) == (None, None, None)
+        return
+    assert empty == 0.0
+    assert ages is not None
+    assert 1.0 <= ages <= time.time() - before + 0.1
+    assert after_receive is not None
+    assert after_receive >= 1.0
+    assert broker.stats().oldest_visible_age_s == 0.0

@@ -62,7 +62,7 @@ def test_submit_then_run_until_empty_then_status_on_the_embedded_defaults(projec
     ran = fleetinfer(
         project, "run", "shopjobs:app", "--exit-when-empty", "--workers", "2", "--json"
     )
-    assert ran.returncode == ExitCode.OK, ran.stderr
+    assert ran.returncode == ExitCode.DEAD_LETTERS, ran.stderr  # the rejected one
     ready, stopped = (json.loads(line) for line in ran.stdout.splitlines())
     assert ready["workers"] == 2
     assert stopped["reason"] == "the queue is empty"
@@ -98,7 +98,9 @@ def test_submit_reads_stdin_and_a_plain_task_name_needs_no_import(project: Path)
 def test_dlq_redrive_puts_dead_letters_back_on_the_queue(project: Path) -> None:
     fleetinfer(project, "submit", "nobody_runs_this", "-", stdin='{"n": 1}\n')
     ran = fleetinfer(
-        project, "run", "shopjobs:app", "--exit-when-empty", "--workers", "1", "--json"
+        project,
+        *("run", "shopjobs:app", "--exit-when-empty", "--workers", "1", "--json"),
+        "--allow-dead-letters",
     )
     assert ran.returncode == ExitCode.OK, ran.stderr
     listed = json.loads(fleetinfer(project, "dlq", "list", "--json").stdout)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetinfer.cli.common import ExitCode
 from fleetinfer.queue import open_broker
 from fleetinfer.results import TaskStatus, open_store
 from fleetinfer.task import Envelope, send_tasks
@@ -49,7 +50,7 @@ def test_failing_malformed_unknown_and_oversized_messages_are_dead_lettered_with
             log_path=tmp_path / "node.log",
         )  # fmt: skip
         try:
-            assert node.wait(60) == 0, node.log()
+            assert node.wait(60) == ExitCode.DEAD_LETTERS, node.log()  # some went dead
         finally:
             node.close()
         stopped = node.event("stopped")

@@ -15,6 +15,7 @@ from fleetinfer.node.worker import Outcome, Worker, WorkerConfig, backoff_s
 from fleetinfer.queue import Broker, open_broker
 from fleetinfer.results import ResultStore, TaskStatus, open_store
 from fleetinfer.task import Envelope
+from tests.helpers.tiny_models import affine_repository
 
 
 @pytest.fixture
@@ -165,15 +166,17 @@ def test_a_non_json_return_value_is_a_failure_that_names_the_type(
     assert "returned a object, which is not JSON" in result.error
 
 
-def test_a_model_without_a_repository_is_a_clear_failure(
-    broker: Broker, store: ResultStore
+def test_a_task_asking_for_a_model_the_node_lacks_is_released_for_another_node(
+    broker: Broker, store: ResultStore, tmp_path: Path
 ) -> None:
-    task_id = _send(broker, "needs_model", None)
-    assert _worker(open_broker(broker.url, max_receives=1), store).step() is Outcome.DEAD
-    result = store.get(task_id)
-    assert result is not None
-    assert result.error is not None
-    assert "start it with --models <repository folder>" in result.error
+    task_id = _send(broker, "needs_model", None)  # asks for "cdnet"
+    no_repository = _worker(broker, store)
+    other_models = _worker(broker, store, models=str(affine_repository(tmp_path / "models")))
+    assert [no_repository.step(), other_models.step()] == [Outcome.UNSERVED, Outcome.UNSERVED]
+    assert store.get(task_id) is None
+    stats = broker.stats()
+    assert (stats.visible + stats.delayed, stats.dead) == (1, 0)
+    assert [e["outcome"] for e in other_models.events.named("task")] == ["unserved"]  # type: ignore[attr-defined]
 
 
 def test_events_report_each_outcome_with_its_duration(broker: Broker, store: ResultStore) -> None:

@@ -3,6 +3,7 @@
 fleetinfer submit TASK [FILE|-] --queue URL
 fleetinfer run APP:TASK --queue URL --results URL [--workers N] [--exit-when-empty] …
 fleetinfer status --queue URL [--json]
+fleetinfer config show [--config FILE] [--json]  (the node's effective configuration)
 fleetinfer dlq list|redrive --queue URL
 fleetinfer serve --models REPO                 (the node's model server)
 fleetinfer compile REPO/MODEL --target T --precision P
@@ -17,6 +18,7 @@ import typer
 
 from fleetinfer.cli.bench import bench
 from fleetinfer.cli.compile import compile_cmd, profile_cmd
+from fleetinfer.cli.config_cmd import config_app
 from fleetinfer.cli.demo import demo
 from fleetinfer.cli.dlq import dlq_app
 from fleetinfer.cli.run import run
@@ -35,6 +37,7 @@ app.command("submit")(submit)
 app.command("run")(run)
 app.command("status")(status)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(config_app, name="config")
 
 
 app.command("serve")(serve_command)

@@ -4,51 +4,78 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from fleetinfer.cli.common import (
-    DEFAULT_QUEUE,
-    DEFAULT_RESULTS,
+    ExitCode,
     JsonOption,
-    QueueOption,
-    ResultsOption,
     configure_logging,
     exit_on_error,
     print_json,
     stderr,
 )
+from fleetinfer.cli.config_cmd import ConfigOption
 from fleetinfer.cli.paths import add_working_directory_to_path
-from fleetinfer.node.agent import NodeConfig, NodeReport, NodeStarted, run_node
+from fleetinfer.config import load_settings, node_config
+from fleetinfer.node.agent import NodeReport, NodeStarted, run_node
+from fleetinfer.node.logs import announce_json
+from fleetinfer.node.logs import configure_logging as configure_node_logging
 from fleetinfer.node.preemption import DEFAULT_SPOT_ENDPOINT
-from fleetinfer.node.supervisor import RestartPolicy
+from fleetinfer.node.preflight import one_line_errors
 
 
 def run(
     target: Annotated[
-        str, typer.Argument(help="module:attribute naming an App (all its tasks) or one task.")
-    ],
-    queue: QueueOption = DEFAULT_QUEUE,
-    results: ResultsOption = DEFAULT_RESULTS,
+        str | None,
+        typer.Argument(
+            help="module:attribute naming an App (all its tasks) or one task "
+            "(default: node.target of the configuration)."
+        ),
+    ] = None,
+    config_file: ConfigOption = None,
+    queue: Annotated[
+        str | None,
+        typer.Option("--queue", "-q", help="Queue URL: sqlite:///file.db, redis://…, sqs://name?…"),
+    ] = None,
+    results: Annotated[
+        str | None,
+        typer.Option(
+            "--results", "-r", help="Results store URL: sqlite:///file.db, postgresql://…"
+        ),
+    ] = None,
     models: Annotated[
         Path | None, typer.Option("--models", help="Model repository for ctx.model(...).")
     ] = None,
     client_mode: Annotated[
-        str,
-        typer.Option("--client", help="Model client: inprocess, or shared (fleetinfer serve)."),
-    ] = "inprocess",
+        str | None,
+        typer.Option(
+            "--client", help="Model client: inprocess, shared (a model server), or triton."
+        ),
+    ] = None,
+    triton_url: Annotated[
+        str | None,
+        typer.Option("--triton-url", help="HOST:PORT of the Triton server (--client triton)."),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option("--workers", "-w", help="Worker processes (default: min(cores, memory))."),
     ] = None,
     grace_s: Annotated[
-        float, typer.Option("--grace-s", help="Seconds in-flight tasks get on SIGTERM.")
-    ] = 100.0,
+        float | None, typer.Option("--grace-s", help="Seconds in-flight tasks get on SIGTERM.")
+    ] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-host",
+            help="Address of /metrics and /healthz (default 127.0.0.1; 0.0.0.0 in a container).",
+        ),
+    ] = None,
     metrics_port: Annotated[
-        int,
+        int | None,
         typer.Option("--metrics-port", help="Port of /metrics and /healthz; 0 = any, -1 = off."),
-    ] = 0,
+    ] = None,
     spot_endpoint: Annotated[
         str | None,
         typer.Option(
@@ -57,31 +84,45 @@ def run(
         ),
     ] = None,
     spot_interval_s: Annotated[
-        float, typer.Option("--spot-interval-s", help="Seconds between spot notice checks.")
-    ] = 5.0,
+        float | None, typer.Option("--spot-interval-s", help="Seconds between spot notice checks.")
+    ] = None,
     exit_when_empty: Annotated[
-        bool, typer.Option("--exit-when-empty", help="Drain and exit once the queue is empty.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--exit-when-empty/--no-exit-when-empty",
+            help="Drain and exit once the queue is empty; exit 7 if any task went dead.",
+            show_default=False,
+        ),
+    ] = None,
+    allow_dead_letters: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-dead-letters/--no-allow-dead-letters",
+            help="With --exit-when-empty: exit 0 even when tasks were dead-lettered.",
+            show_default=False,
+        ),
+    ] = None,
     max_message_bytes: Annotated[
-        int, typer.Option("--max-message-bytes", help="Dead-letter bodies above this size.")
-    ] = 256 * 1024,
+        int | None, typer.Option("--max-message-bytes", help="Dead-letter bodies above this size.")
+    ] = None,
     restart_backoff_s: Annotated[
-        float,
+        float | None,
         typer.Option("--restart-backoff-s", help="First delay before restarting a crashed worker."),
-    ] = 0.5,
+    ] = None,
     restart_backoff_max_s: Annotated[
-        float,
+        float | None,
         typer.Option("--restart-backoff-max-s", help="Cap of the doubling restart delay."),
-    ] = 30.0,
+    ] = None,
     preload: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--preload/--no-preload",
             help="Fork workers from one process that imported the task once (less memory each); "
             "--no-preload starts each as a fresh interpreter. A task module that starts threads "
             "when imported gets fresh workers either way, with a warning.",
+            show_default=False,
         ),
-    ] = True,
+    ] = None,
     worker_nice: Annotated[
         int | None,
         typer.Option(
@@ -90,36 +131,70 @@ def run(
             "(--client shared or triton: the server's executions run first), else 0.",
         ),
     ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option("--log-format", help="Logs on stderr: text or json (one per line)."),
+    ] = None,
     json_output: JsonOption = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every task.")] = False,
+    verbose: Annotated[
+        bool | None,
+        typer.Option("--verbose", "-v", help="Log every task.", show_default=False),
+    ] = None,
 ) -> None:
-    """Run the tasks of TARGET from the queue until SIGTERM (or an empty queue)."""
-    configure_logging(verbose)
+    """Run the tasks of TARGET from the queue until SIGTERM (or an empty queue).
+
+    Settings come from fleetinfer.toml (or --config FILE), then FLEETINFER_* variables, then
+    these flags; `fleetinfer config show` prints the result."""
+    flags = {
+        "target": target,
+        "queue": queue,
+        "results": results,
+        "models": None if models is None else str(models),
+        "client": client_mode,
+        "triton_url": triton_url,
+        "workers": workers,
+        "grace_s": grace_s,
+        "metrics_host": metrics_host,
+        "metrics_port": metrics_port,
+        "spot_endpoint": spot_endpoint,
+        "spot_interval_s": spot_interval_s,
+        "exit_when_empty": exit_when_empty,
+        "allow_dead_letters": allow_dead_letters,
+        "max_message_bytes": max_message_bytes,
+        "restart_backoff_s": restart_backoff_s,
+        "restart_backoff_max_s": restart_backoff_max_s,
+        "preload": preload,
+        "worker_nice": worker_nice,
+        "log_format": log_format,
+        "verbose": verbose,
+    }
+    configure_logging(bool(verbose))
     with exit_on_error():
+        settings = load_settings(config_file, overrides=flags)
+        configure_node_logging(verbose=settings.verbose, log_format=settings.log_format)
         add_working_directory_to_path()
-        config = NodeConfig(
-            target=target,
-            queue_url=queue,
-            results_url=results,
-            models=models,
-            client_mode=client_mode,
-            workers=workers,
-            grace_s=grace_s,
-            metrics_port=None if metrics_port < 0 else metrics_port,
-            spot_endpoint=spot_endpoint,
-            spot_interval_s=spot_interval_s,
-            exit_when_empty=exit_when_empty,
-            max_message_bytes=max_message_bytes,
-            restart=RestartPolicy(base_s=restart_backoff_s, max_s=restart_backoff_max_s),
-            verbose=verbose,
-            preload_workers=preload,
-            worker_nice=worker_nice,
-        )
-        report = run_node(config, on_ready=_ready_printer(json_output))
-        _print_report(report, json_output)
+        config = node_config(settings)
+        with one_line_errors(config):
+            report = run_node(config, on_ready=_ready_printer(json_output, config.log_format))
+        _print_report(report, json_output, config.log_format)
+    if dead_lettered(report) and config.exit_when_empty and not config.allow_dead_letters:
+        raise typer.Exit(ExitCode.DEAD_LETTERS)
 
 
-def _ready_printer(json_output: bool) -> Callable[[NodeStarted], None]:
+def dead_lettered(report: NodeReport) -> int:
+    """Tasks of this run that went to the dead-letter queue (dead, rejected, malformed)."""
+    return sum(report.outcomes.get(k, 0) for k in ("dead", "rejected", "malformed"))
+
+
+def _tell(text: str, log_format: str, **fields: Any) -> None:
+    """The node's own line on stderr: text, or a JSON record with `--log-format json`."""
+    if log_format == "json":
+        announce_json(text, **fields)
+    else:
+        stderr.print(text, soft_wrap=True)
+
+
+def _ready_printer(json_output: bool, log_format: str) -> Callable[[NodeStarted], None]:
     def ready(started: NodeStarted) -> None:
         plan = started.plan
         if json_output:
@@ -137,10 +212,8 @@ def _ready_printer(json_output: bool) -> Callable[[NodeStarted], None]:
             )
             return
         where = f", metrics {started.metrics_url}/metrics" if started.metrics_url else ""
-        stderr.print(
-            f"node {started.pid}: {plan.workers} workers ({_sizing_text(started)}){where}",
-            soft_wrap=True,
-        )
+        text = f"node {started.pid}: {plan.workers} workers ({_sizing_text(started)}){where}"
+        _tell(text, log_format, metrics_url=started.metrics_url, workers=plan.workers)
 
     return ready
 
@@ -153,7 +226,7 @@ def _sizing_text(started: NodeStarted) -> str:
     return f"by cores {plan.by_cores}, by memory {plan.by_memory} at {pss_mib:.0f} MiB PSS each"
 
 
-def _print_report(report: NodeReport, json_output: bool) -> None:
+def _print_report(report: NodeReport, json_output: bool, log_format: str) -> None:
     if json_output:
         print_json(
             {
@@ -167,8 +240,8 @@ def _print_report(report: NodeReport, json_output: bool) -> None:
         )
         return
     done = ", ".join(f"{k} {v}" for k, v in report.outcomes.items() if v) or "no tasks"
-    stderr.print(
+    text = (
         f"node stopped ({report.reason}) after {report.duration_s:.1f} s: {done}; "
-        f"{report.restarts} restart(s), drain {report.drain_s:.1f} s",
-        soft_wrap=True,
+        f"{report.restarts} restart(s), drain {report.drain_s:.1f} s"
     )
+    _tell(text, log_format, reason=report.reason, outcomes=report.outcomes)

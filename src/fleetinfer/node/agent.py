@@ -22,6 +22,7 @@ from typing import Any
 
 from fleetinfer.errors import ConfigError, TransientError
 from fleetinfer.node.health import HealthServer
+from fleetinfer.node.logs import ProgressLine, log_task
 from fleetinfer.node.metrics import NodeMetrics
 from fleetinfer.node.model_server import SOCKET_ENV, ModelServerProcess, ServerOptions
 from fleetinfer.node.preemption import DrainSignal, SpotWatcher, install_drain_handlers
@@ -34,10 +35,7 @@ from fleetinfer.node.sizing import (
 )
 from fleetinfer.node.supervisor import RestartPolicy, Supervisor
 from fleetinfer.node.worker import WorkerConfig
-from fleetinfer.queue import open_broker
 from fleetinfer.queue.base import MAX_MESSAGE_BYTES, Broker
-from fleetinfer.results import open_store
-from fleetinfer.task import resolve_target
 
 log = logging.getLogger("fleetinfer.node")
 
@@ -79,6 +77,9 @@ class NodeConfig:
     worker_intra_op_threads: int | None = None
     triton_url: str | None = None
     worker_nice: int | None = None  # None: WORKER_NICE_WITH_SERVER with a model server, else 0
+    allow_dead_letters: bool = False  # with exit_when_empty: exit 0 even if tasks went dead
+    log_format: str = "text"  # or "json": one object per line (fleetinfer.node.logs)
+    progress: bool = False  # a live progress line on stderr when it is a terminal (`run`)
 
     def __post_init__(self) -> None:
         if self.worker_nice is not None and not 0 <= self.worker_nice <= 19:
@@ -130,6 +131,7 @@ class NodeConfig:
             backoff_base_s=self.task_backoff_base_s,
             backoff_max_s=self.task_backoff_max_s,
             nice=self.effective_worker_nice,
+            log_format=self.log_format,
         )
 
 
@@ -195,13 +197,14 @@ class NodeAgent:
         self._server: ModelServerProcess | None = None
         self._broker: Broker | None = None
         self._empty_checks = 0
+        self.progress = ProgressLine(wanted=config.progress)  # on a terminal only
 
     # -- the run -----------------------------------------------------------------------------
 
     def run(self, on_ready: Callable[[NodeStarted], None] | None = None) -> NodeReport:
         started = time.monotonic()
+        self._check_config()  # nothing started yet: a failure is one error, nothing to drain
         try:
-            self._check_config()
             self._start_services()
             plan = self._start_workers()
             if on_ready is not None:
@@ -218,26 +221,12 @@ class NodeAgent:
         return NodeReport(reason, plan, outcomes, restarts, time.monotonic() - started, drain_s)
 
     def _check_config(self) -> None:
-        """Fail before starting anything: the target imports, the queue and store open."""
-        resolve_target(self.config.target)
-        self._check_models()
-        self._broker = open_broker(self.config.queue_url)
-        open_store(self.config.results_url).close()
+        """Fail before starting anything: the target imports, the client mode has what it
+        needs, the models load, the queue and store answer (`preflight`)."""
+        from fleetinfer.node import preflight
 
-    def _check_models(self) -> None:
-        from fleetinfer.client import CLIENT_MODES
-
-        if self.config.client_mode not in CLIENT_MODES:
-            raise ConfigError(
-                f"unknown model client {self.config.client_mode!r}: expected one of "
-                f"{', '.join(CLIENT_MODES)}"
-            )
-        models = self.config.models
-        if models is not None and not models.is_dir():
-            raise ConfigError(
-                f"model repository {str(models)!r} is not a folder: expected "
-                "<repo>/<model>/config.toml and <repo>/<model>/<version>/model.onnx"
-            )
+        self._broker = preflight.check_node(self.config)
+        self.metrics.watch_queue(self._broker)
 
     def _start_services(self) -> None:
         if self.config.metrics_port is not None:
@@ -264,8 +253,9 @@ class NodeAgent:
             intra_op_threads=self.config.server_intra_op_threads,
             instance_count=self.config.server_instance_count,
         )
-        self._server = ModelServerProcess(options).start()
+        self._server = server = ModelServerProcess(options).start()
         self.supervisor.env[SOCKET_ENV] = str(self._server.socket_path)
+        self.metrics.add_scrape(lambda: server.metrics_url)
 
     def _start_workers(self) -> WorkerPlan:
         if self.config.workers is not None:
@@ -308,7 +298,7 @@ class NodeAgent:
             if self.supervisor.fatal is not None:
                 raise ConfigError(f"a worker cannot run: {self.supervisor.fatal}")
             if self.config.exit_when_empty and self._queue_is_empty():
-                self.drain.request("the queue is empty")
+                self.drain.request("the queue is empty", routine=True)
 
     def _queue_is_empty(self) -> bool:
         """Two empty readings in a row (SQS depths are approximate)."""
@@ -329,7 +319,7 @@ class NodeAgent:
 
     def _stop_services(self) -> None:
         if not self.drain.is_set():
-            self.drain.request("the agent failed")
+            self.drain.request("the agent failed", routine=True)  # its error is reported
             self.supervisor.stop(self.config.kill_after_s)
         if self._server is not None:
             self._server.cleanup()
@@ -339,11 +329,15 @@ class NodeAgent:
             self._health.stop()
         if self._broker is not None:
             self._broker.close()
+        self.progress.close()
 
     # -- observers ---------------------------------------------------------------------------
 
     def _on_worker_event(self, slot: int, event: dict[str, Any]) -> None:
         self.metrics.record_event(event)
+        if event["event"] == "task":
+            log_task(event)
+            self.progress.record(event)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy while not draining and at least one worker runs."""

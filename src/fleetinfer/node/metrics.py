@@ -3,19 +3,30 @@
 Workers report each task on their event pipe; the agent counts here:
 
     fleetinfer_tasks_total{outcome}              succeeded | failed | retried | dead | rejected |
-                                                 malformed | duplicate | abandoned
+                                                 malformed | duplicate | abandoned | unserved
     fleetinfer_task_duration_seconds{task}       histogram, receive to settle
     fleetinfer_workers_alive                     worker processes running now
     fleetinfer_worker_restarts_total             crashed workers started again
     fleetinfer_node_draining                     1 once a drain (SIGTERM, spot notice) began
+
+With a queue (`watch_queue`) the depth gauges of `queue_metrics.py` join them, and with a model
+server (`add_scrape`) its `nv_inference_*` metrics are appended to the same exposition.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from fleetinfer.queue.base import Broker
+
+log = logging.getLogger("fleetinfer.node")
+SCRAPE_TIMEOUT_S = 2.0
 
 OUTCOMES = (
     "succeeded",
@@ -26,6 +37,7 @@ OUTCOMES = (
     "malformed",
     "duplicate",
     "abandoned",
+    "unserved",
 )
 DURATION_BUCKETS_S = (
     0.005,
@@ -75,6 +87,18 @@ class NodeMetrics:
         self.draining = Gauge(
             "fleetinfer_node_draining", "1 once the node is draining.", registry=self.registry
         )
+        self._scrapes: list[Callable[[], str | None]] = []
+
+    def watch_queue(self, broker: Broker) -> None:
+        """Export the queue's depths and the age of its oldest message (read on each scrape)."""
+        from fleetinfer.node.queue_metrics import QueueCollector
+
+        self.registry.register(QueueCollector(broker))
+
+    def add_scrape(self, url: Callable[[], str | None]) -> None:
+        """Append what `url()` serves (another process's /metrics, e.g. the model server's) to
+        this exposition; None or an unreachable endpoint adds nothing."""
+        self._scrapes.append(url)
 
     def record_event(self, event: dict[str, Any]) -> None:
         """Count one worker event (`task` and `abandoned`; others are ignored)."""
@@ -100,5 +124,20 @@ class NodeMetrics:
             return dict(self._counts)
 
     def exposition(self) -> bytes:
-        """The text format Prometheus scrapes."""
-        return generate_latest(self.registry)
+        """The text format Prometheus scrapes: the node's metrics, then its scrapes'."""
+        parts = [generate_latest(self.registry)]
+        for url in self._scrapes:
+            parts.append(_scrape(url()))
+        return b"".join(parts)
+
+
+def _scrape(url: str | None) -> bytes:
+    if url is None:
+        return b""
+    try:
+        with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as reply:
+            body: bytes = reply.read()
+    except OSError as exc:
+        log.debug("cannot scrape %s: %s", url, exc)
+        return b""
+    return body if body.endswith(b"\n") or not body else body + b"\n"

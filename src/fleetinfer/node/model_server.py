@@ -47,6 +47,7 @@ class ModelServerProcess:
         self.log_path = self._dir / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.metrics_port: int | None = None  # its /metrics on 127.0.0.1, read from its ready line
 
     @property
     def pid(self) -> int | None:
@@ -61,7 +62,7 @@ class ModelServerProcess:
             "--models",
             str(self.options.models),
         ]
-        command += ["--socket", str(self.socket_path), "--metrics-port", "-1"]
+        command += ["--socket", str(self.socket_path), "--metrics-port", "0"]
         if self.options.intra_op_threads is not None:
             command += ["--intra-op-threads", str(self.options.intra_op_threads)]
         if self.options.instance_count is not None:
@@ -87,14 +88,22 @@ class ModelServerProcess:
                 if not line:
                     break
                 if _is_ready(line):
+                    self.metrics_port = _metrics_port(line)
                     return
             elif process.poll() is not None:
                 break
-        errors = self.log_path.read_text(errors="replace").strip()[-600:]
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        errors = lines[-1][-600:] if lines else "no error output"  # the error, not its traceback
         self.stop()
         raise ConfigError(
             f"the model server for {self.options.models} did not become ready: {errors}"
         )
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the server's `nv_inference_*` metrics are scraped (the node merges them)."""
+        port = self.metrics_port
+        return None if port is None else f"http://127.0.0.1:{port}/metrics"
 
     def poll(self) -> None:
         """Restart the server if it died (called from the agent's watch loop)."""
@@ -134,3 +143,8 @@ def _is_ready(line: bytes) -> bool:
     except ValueError:
         return False
     return isinstance(event, dict) and event.get("event") == "ready"
+
+
+def _metrics_port(line: bytes) -> int | None:
+    port = json.loads(line).get("metrics_port")
+    return port if isinstance(port, int) else None

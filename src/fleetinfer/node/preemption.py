@@ -36,11 +36,15 @@ class DrainSignal:
         self._lock = threading.Lock()
         self.reason: str | None = None
 
-    def request(self, reason: str) -> None:
+    def request(self, reason: str, *, routine: bool = False) -> None:
+        """Drain for `reason`; a `routine` one (the queue is empty) is logged at info, not as
+        a warning."""
         with self._lock:
             if self.reason is None:
                 self.reason = reason
-                log.warning("draining the node: %s", reason)
+                log.log(
+                    logging.INFO if routine else logging.WARNING, "draining the node: %s", reason
+                )
         self._event.set()
 
     def is_set(self) -> bool:

@@ -1,4 +1,4 @@
-"""The worker process: `python -m fleetinfer.node.process --config JSON [--events-fd FD]`.
+"""The worker process: `python -m fleetinfer.node.process --config-fd FD [--events-fd FD]`.
 
 Started by the node agent with a fresh interpreter (no inherited sockets or broker connections).
 SIGTERM and SIGINT stop receiving; a task still running when the grace period ends is released
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import logging
 import os
 import signal
 import sys
@@ -27,13 +26,11 @@ PR_SET_PDEATHSIG = 1
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
     events: EventSink = PipeEvents(args.events_fd) if args.events_fd >= 0 else MemoryEvents()
+    _configure_logging(args.verbose, "text")
     try:
-        config = WorkerConfig.decode(args.config)
+        config = WorkerConfig.decode(_config_text(args))
+        _configure_logging(args.verbose, config.log_format)
         if config.nice:
             os.nice(config.nice)  # lower priority: anyone may; the node says why (`NodeConfig`)
         worker = Worker(config, events=events)
@@ -47,12 +44,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
+def _configure_logging(verbose: bool, log_format: str) -> None:
+    from fleetinfer.node.logs import configure_logging
+
+    text = "%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s"
+    configure_logging(verbose=verbose, log_format=log_format, text_format=text)
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fleetinfer.node.process")
-    parser.add_argument("--config", required=True, help="WorkerConfig as JSON")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="WorkerConfig as JSON (visible in ps: no secrets)")
+    source.add_argument("--config-fd", type=int, help="pipe holding the WorkerConfig JSON")
     parser.add_argument("--events-fd", type=int, default=-1, help="pipe for JSON-line events")
     parser.add_argument("--verbose", action="store_true")
     return parser.parse_args(argv)
+
+
+def _config_text(args: argparse.Namespace) -> str:
+    if args.config_fd is not None:
+        from fleetinfer.node.configpipe import read_config
+
+        return read_config(args.config_fd)
+    text: str = args.config
+    return text
 
 
 def _install_signals(worker: Worker) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetinfer.errors import ConfigError
+from fleetinfer.node.configpipe import config_pipe
 from fleetinfer.node.events import read_events
 from fleetinfer.node.process import EXIT_CONFIG
 from fleetinfer.node.worker import WorkerConfig
@@ -116,12 +117,7 @@ class Supervisor:
         try:
             slot.process = self._forked(write_fd) if self.preload else None
             if slot.process is None:
-                slot.process = subprocess.Popen(
-                    self._command(write_fd),
-                    pass_fds=(write_fd,),
-                    stdout=_worker_stdout(),
-                    env=worker_environment(self.env),
-                )
+                slot.process = self._fresh(write_fd)
         except BaseException:
             os.close(read_fd)
             raise
@@ -163,9 +159,22 @@ class Supervisor:
         """The zygote's pid when workers are forked from one (its memory is the node's too)."""
         return None if self._zygote is None else self._zygote.pid
 
-    def _command(self, events_fd: int) -> list[str]:
+    def _fresh(self, events_fd: int) -> subprocess.Popen[bytes]:
+        """A worker as a fresh interpreter; its configuration comes through a pipe."""
+        config_fd = config_pipe(self.config.encode())
+        try:
+            return subprocess.Popen(
+                self._command(events_fd, config_fd),
+                pass_fds=(events_fd, config_fd),
+                stdout=_worker_stdout(),
+                env=worker_environment(self.env),
+            )
+        finally:
+            os.close(config_fd)
+
+    def _command(self, events_fd: int, config_fd: int) -> list[str]:
         command = [sys.executable, "-m", "fleetinfer.node.process"]
-        command += ["--config", self.config.encode(), "--events-fd", str(events_fd)]
+        command += ["--config-fd", str(config_fd), "--events-fd", str(events_fd)]
         return [*command, "--verbose"] if self._verbose else command
 
     def _handle_event(self, slot: _Slot, event: dict[str, Any]) -> None:

@@ -9,6 +9,8 @@ Outcomes, and what happens to the message:
     dead        task raised on its last allowed receive: DEAD result (last error) + dead-letter
     rejected    task raised Reject(reason): REJECTED result + dead-letter with the reason
     malformed   body too large, not an envelope, or an unknown task: dead-letter with the reason
+    unserved    task asked for a model this node does not serve: released with backoff for
+                another node (its receive count still grows: no node serving it dead-letters it)
     duplicate   the task already has a SUCCEEDED result (a redelivery): ack without running
 
 A result is always stored before its message is acked, so a crash between the two runs the task
@@ -39,10 +41,12 @@ from fleetinfer.errors import (
     ConfigError,
     FleetinferError,
     InputError,
+    ModelNotServedError,
     PayloadTooLargeError,
     ReceiptExpiredError,
     TaskTimeoutError,
     TransientError,
+    UnknownModelError,
 )
 from fleetinfer.node.events import EventSink, MemoryEvents
 from fleetinfer.node.lease import Lease
@@ -85,6 +89,7 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     backoff_base_s: float = 1.0
     backoff_max_s: float = 300.0
     name: str = ""
+    log_format: str = "text"  # or "json" (fleetinfer.node.logs)
     nice: int = 0  # added to the worker process's niceness when it starts (0 to 19)
 
     def encode(self) -> str:
@@ -110,6 +115,7 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
     MALFORMED = "malformed"
     DUPLICATE = "duplicate"
+    UNSERVED = "unserved"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +161,7 @@ class Worker:
         self._client_lock = threading.Lock()
         self._stopping = threading.Event()
         self._abandon_at: float | None = None
+        self._task_id = ""  # the task of the message being processed (for its event)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -194,10 +201,17 @@ class Worker:
     def process(self, message: Message) -> Outcome:
         """Decode, run, store and settle one received message."""
         started = time.monotonic()
+        self._task_id = ""
         with self._lease(message) as lease:
             outcome, task_name = self._handle(lease)
         duration_s = time.monotonic() - started
-        self.events.emit("task", outcome=str(outcome), task=task_name, duration_s=duration_s)
+        self.events.emit(
+            "task",
+            outcome=str(outcome),
+            task=task_name,
+            task_id=self._task_id,
+            duration_s=duration_s,
+        )
         return outcome
 
     def _receive(self) -> Message | None:
@@ -231,6 +245,7 @@ class Worker:
             self._settle(lease, Outcome.MALFORMED, lambda r: self.broker.dead_letter(r, reason))
             log.error("dead-lettered message %s: %s", lease.message.id, reason)
             return Outcome.MALFORMED, ""
+        self._task_id = envelope.id
         if self._already_succeeded(envelope.id):
             self._settle(lease, Outcome.DUPLICATE, self.broker.ack)
             return Outcome.DUPLICATE, task.name
@@ -292,13 +307,16 @@ class Worker:
         with self._client_lock:
             if self._client is None:
                 self._client = self._open_client()
-        return self._client.model(name)
+        try:
+            return self._client.model(name)
+        except UnknownModelError as exc:  # another node may serve it
+            raise ModelNotServedError(f"this node does not serve model {name!r}: {exc}") from exc
 
     def _open_client(self) -> ModelClient:
         from fleetinfer.client import ModelClient
 
         if self.config.client_mode == "inprocess" and self.config.models is None:
-            raise ConfigError(
+            raise ModelNotServedError(
                 "a task asked for a model but this worker has no model repository: "
                 "start it with --models <repository folder> (or use the shared model server)"
             )
@@ -323,6 +341,8 @@ class Worker:
             return self._settle(
                 lease, Outcome.RETRIED, lambda r: self.broker.release(r, delay_s=delay_s)
             )
+        if isinstance(error, ModelNotServedError):
+            return self._release_unserved(lease, envelope, error)
         if isinstance(error, Reject):
             self._store(envelope, task, attempt, TaskStatus.REJECTED, count)
             return self._settle(
@@ -350,6 +370,19 @@ class Worker:
         )
         return self._settle(
             lease, Outcome.FAILED, lambda r: self.broker.release(r, delay_s=delay_s)
+        )
+
+    def _release_unserved(
+        self, lease: Lease, envelope: Envelope, error: ModelNotServedError
+    ) -> Outcome:
+        """Not this node's task: back to the queue for a node that serves the model."""
+        count = lease.message.receive_count
+        delay_s = backoff_s(
+            count, base_s=self.config.backoff_base_s, max_s=self.config.backoff_max_s
+        )
+        log.warning("task %s released for another node in %.1f s: %s", envelope.id, delay_s, error)
+        return self._settle(
+            lease, Outcome.UNSERVED, lambda r: self.broker.release(r, delay_s=delay_s)
         )
 
     def max_receives(self, task: Task) -> int:

@@ -1,6 +1,6 @@
 """Workers forked from one preloaded template process, so that they share what it imported.
 
-    python -m fleetinfer.node.zygote --config JSON --control-fd FD [--verbose]
+    python -m fleetinfer.node.zygote --config-fd FD --control-fd FD [--verbose]
 
 A fresh worker interpreter costs about 20 MiB of PSS (Python, numpy, the model client) before it
 runs a task, and eight of them cost eight times that. The zygote imports the worker runtime, the
@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from fleetinfer.errors import TransientError
+from fleetinfer.node.configpipe import config_pipe
 
 log = logging.getLogger("fleetinfer.node")
 
@@ -94,10 +95,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fleetinfer.node.zygote")
-    parser.add_argument("--config", required=True, help="WorkerConfig as JSON")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="WorkerConfig as JSON (visible in ps: no secrets)")
+    source.add_argument("--config-fd", type=int, help="pipe holding the WorkerConfig JSON")
     parser.add_argument("--control-fd", type=int, required=True, help="SOCK_SEQPACKET socket")
     parser.add_argument("--verbose", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.config_fd is not None:  # forked workers get the text in memory, not on an argv
+        from fleetinfer.node.configpipe import read_config
+
+        args.config = read_config(args.config_fd)
+    return args
 
 
 def _preload(config_json: str) -> None:
@@ -237,8 +245,9 @@ class Zygote:
     def __init__(
         self, config_json: str, env: dict[str, str], stdout: int | None, *, verbose: bool
     ) -> None:
-        self._command = [sys.executable, "-m", "fleetinfer.node.zygote", "--config", config_json]
+        self._command = [sys.executable, "-m", "fleetinfer.node.zygote"]
         self._command += ["--verbose"] if verbose else []
+        self._config_json = config_json  # through a pipe: a URL's password stays out of ps
         self._env, self._stdout = env, stdout
         self._lock = threading.Lock()  # one spawn at a time: its reply is the next pid message
         self._state = threading.Lock()
@@ -295,16 +304,19 @@ class Zygote:
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        config_fd = config_pipe(self._config_json)
         try:
             command = [*self._command, "--control-fd", str(theirs.fileno())]
+            command += ["--config-fd", str(config_fd)]
             self._process = subprocess.Popen(
-                command, pass_fds=(theirs.fileno(),), stdout=self._stdout, env=self._env
+                command, pass_fds=(theirs.fileno(), config_fd), stdout=self._stdout, env=self._env
             )
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
+            os.close(config_fd)
         self._sock, self._pids = ours, queue.Queue()
         threading.Thread(
             target=self._read, args=(ours, self._pids), name="fleetinfer-zygote", daemon=True

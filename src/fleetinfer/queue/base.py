@@ -70,12 +70,16 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """Depths of one queue: visible now, in flight (received, not acked), delayed, dead."""
+    """Depths of one queue: visible now, in flight (received, not acked), delayed, dead; and
+    how long ago the oldest visible message was sent (0.0 when none is visible; None where the
+    backend cannot tell without receiving, as SQS, whose CloudWatch metric
+    `ApproximateAgeOfOldestMessage` holds it)."""
 
     visible: int
     in_flight: int
     delayed: int
     dead: int
+    oldest_visible_age_s: float | None = 0.0
 
     @property
     def pending(self) -> int:
@@ -212,7 +216,7 @@ class Broker(ABC):
 
     @abstractmethod
     def stats(self) -> QueueStats:
-        """Current depths."""
+        """Current depths, and the age of the oldest visible message."""
 
     @abstractmethod
     def purge(self) -> None:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 GROUP = "fleetinfer"
 _SCRIPTS = ("receive", "settle", "send_delayed", "redrive", "stats")
+STATS_SCAN_ENTRIES = 1000  # stream entries `stats` looks through for the oldest visible one
 
 
 def _import_redis() -> Any:
@@ -87,6 +88,12 @@ def _split_receipt(receipt: str) -> tuple[str, str]:
             "as returned in Message.receipt"
         )
     return entry_id, token
+
+
+def _age_s(sent_at: float | None) -> float | None:
+    """Seconds since `sent_at`; None when the scan found no visible entry (more than
+    STATS_SCAN_ENTRIES leased ones ahead of it)."""
+    return None if sent_at is None else max(0.0, time.time() - sent_at)
 
 
 def _fields(flat: Sequence[bytes]) -> dict[str, str]:
@@ -289,10 +296,18 @@ class RedisBroker(Broker):
 
     def stats(self) -> QueueStats:
         keys = [self._stream, self._inflight, self._retry, self._delayed, self._dead]
+        keys.append(self._delayed_bodies)
         with _translate_redis_errors(self.url):
-            visible, in_flight, delayed, dead = self._scripts["stats"](keys=keys, args=[])
+            visible, in_flight, delayed, dead, oldest = self._scripts["stats"](
+                keys=keys, args=[STATS_SCAN_ENTRIES]
+            )
+        oldest_sent_at = float(oldest) if oldest else None
         return QueueStats(
-            visible=int(visible), in_flight=int(in_flight), delayed=int(delayed), dead=int(dead)
+            visible=int(visible),
+            in_flight=int(in_flight),
+            delayed=int(delayed),
+            dead=int(dead),
+            oldest_visible_age_s=_age_s(oldest_sent_at) if int(visible) else 0.0,
         )
 
     def purge(self) -> None:

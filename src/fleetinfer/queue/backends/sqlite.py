@@ -318,17 +318,25 @@ class SqliteBroker(Broker):
     def stats(self) -> QueueStats:
         with self._read() as conn:
             now = time.time()
-            visible, in_flight, delayed = conn.execute(
+            visible, in_flight, delayed, oldest_sent_at = conn.execute(
                 "SELECT COALESCE(SUM(visible_at <= ?1), 0), "
                 "COALESCE(SUM(visible_at > ?1 AND receipt IS NOT NULL), 0), "
-                "COALESCE(SUM(visible_at > ?1 AND receipt IS NULL), 0) "
+                "COALESCE(SUM(visible_at > ?1 AND receipt IS NULL), 0), "
+                "MIN(CASE WHEN visible_at <= ?1 THEN sent_at END) "
                 "FROM messages WHERE queue = ?2",
                 (now, self.queue),
             ).fetchone()
             (dead,) = conn.execute(
                 "SELECT COUNT(*) FROM dead_letters WHERE queue = ?", (self.queue,)
             ).fetchone()
-        return QueueStats(visible=visible, in_flight=in_flight, delayed=delayed, dead=dead)
+        age_s = 0.0 if oldest_sent_at is None else max(0.0, now - oldest_sent_at)
+        return QueueStats(
+            visible=visible,
+            in_flight=in_flight,
+            delayed=delayed,
+            dead=dead,
+            oldest_visible_age_s=age_s,
+        )
 
     def purge(self) -> None:
         with self._write() as conn:

@@ -422,7 +422,8 @@ class SqsBroker(Broker):
         return moved
 
     def stats(self) -> QueueStats:
-        """SQS's approximate counts (see the module doc)."""
+        """SQS's approximate counts (see the module doc). The age of the oldest message is not a
+        queue attribute (it is the CloudWatch metric `ApproximateAgeOfOldestMessage`): None."""
         main = self._attributes(self._queue_url)
         dead = self._attributes(self._dlq_url)
         return QueueStats(
@@ -430,6 +431,7 @@ class SqsBroker(Broker):
             in_flight=main["ApproximateNumberOfMessagesNotVisible"],
             delayed=main["ApproximateNumberOfMessagesDelayed"],
             dead=sum(dead.values()),
+            oldest_visible_age_s=None,
         )
 
     def _attributes(self, queue_url: str) -> dict[str, int]:
