@@ -3,6 +3,8 @@
 fleetinfer submit TASK [FILE|-] --queue URL
 fleetinfer run APP:TASK --queue URL --results URL [--workers N] [--exit-when-empty] …
 fleetinfer status --queue URL [--json]
+fleetinfer results get ID | export --format jsonl|csv|parquet   (read the results store)
+fleetinfer model init PATH/model.onnx --repo DIR               (a repository entry from a graph)
 fleetinfer dlq list|redrive --queue URL
 fleetinfer serve --models REPO                 (the node's model server)
 fleetinfer compile REPO/MODEL --target T --precision P
@@ -19,6 +21,8 @@ from fleetinfer.cli.bench import bench
 from fleetinfer.cli.compile import compile_cmd, profile_cmd
 from fleetinfer.cli.demo import demo
 from fleetinfer.cli.dlq import dlq_app
+from fleetinfer.cli.model import model_app
+from fleetinfer.cli.results import results_app
 from fleetinfer.cli.run import run
 from fleetinfer.cli.serve import serve_command
 from fleetinfer.cli.status import status
@@ -35,6 +39,8 @@ app.command("submit")(submit)
 app.command("run")(run)
 app.command("status")(status)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(results_app, name="results")
+app.add_typer(model_app, name="model")
 
 
 app.command("serve")(serve_command)
