@@ -1,5 +1,6 @@
 """The README and docs/ cannot rot: the README's Python blocks and the newcomer's quickstart (with
-an own ONNX model) run as written; every Python block in docs/ compiles; every `fleetinfer` /
+an own ONNX model) run as written; every Python block in docs/ compiles, every TOML block is a
+valid model config; every `fleetinfer` /
 `roadchange` command line in a shell block parses against the real command-line interface."""
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import typer.main
 
+from fleetinfer.server.repository import parse_config
 from tests.helpers.tiny_models import affine_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +64,15 @@ def test_the_python_blocks_of_every_page_are_valid_python(page: Path) -> None:
     """Docs blocks that need a running server or a trained model are compiled, not run."""
     for block in blocks(page, "python"):
         compile(block, f"{page.name} block", "exec")
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "toml")], ids=lambda p: p.name)
+def test_every_model_config_example_in_a_page_is_a_valid_config(page: Path, tmp_path: Path) -> None:
+    for block in blocks(page, "toml"):
+        name = tomllib.loads(block)["name"]
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "config.toml").write_text(block)
+        parse_config(tmp_path / name / "config.toml", expected_name=name)
 
 
 def test_the_newcomer_quickstart_with_an_own_onnx_model_runs_as_written(tmp_path: Path) -> None:
