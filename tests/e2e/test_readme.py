@@ -1,7 +1,7 @@
 """The README and docs/ cannot rot: the README's Python blocks and the newcomer's quickstart (with
 an own ONNX model) run as written; every Python block in docs/ compiles, every TOML block is a
-valid model config; every `fleetinfer` /
-`roadchange` command line in a shell block parses against the real command-line interface."""
+valid model config, and every `fleetinfer` / `roadchange` command line in a shell block parses
+against the real command-line interface."""
 
 from __future__ import annotations
 

@@ -139,6 +139,8 @@ def test_bad_input_gets_one_line_and_exit_code_4(project: Path) -> None:
         ("results", "export", "--out", "/proc/nowhere/results.csv"): "cannot write the export",
         ("results", "get", "never-submitted"): "no result for task id 'never-submitted'",
         ("results", "export", "--status", "finished"): "not one of succeeded",
+        ("model", "init", "missing.onnx", "--repo", "models"): "no such file",
+        ("model", "init", "items.jsonl", "--repo", "models"): "is not an ONNX model",
     }
     for args, message in cases.items():
         done = fleetinfer(project, *args)

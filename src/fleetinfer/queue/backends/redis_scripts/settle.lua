@@ -30,8 +30,10 @@ local function fields_of(entry_id)
 end
 
 local function drop(entry_id)
-  local dedup_id = fields_of(entry_id)['dedup']
-  if dedup_id then redis.call('HDEL', dedup, dedup_id) end
+  if redis.call('HLEN', dedup) > 0 then  -- only sends with dedup ids need the entry read
+    local dedup_id = fields_of(entry_id)['dedup']
+    if dedup_id then redis.call('HDEL', dedup, dedup_id) end
+  end
   redis.call('XACK', stream, group, entry_id)
   redis.call('XDEL', stream, entry_id)
   redis.call('ZREM', inflight, entry_id)
