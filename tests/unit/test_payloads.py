@@ -27,7 +27,7 @@ def test_canonical_json_and_its_hash_ignore_key_order_and_keep_unicode() -> None
 def test_a_content_id_depends_on_the_task_and_the_payload_only() -> None:
     assert content_task_id("square", {"n": 1, "m": 2}) == content_task_id("square", {"m": 2, "n": 1})
     assert content_task_id("square", {"n": 1}) != content_task_id("cube", {"n": 1})
-    with pytest.raises(InputError, match="payloads 1 and 3 of f.jsonl have the same task id"):
+    with pytest.raises(InputError, match=r"payloads 1 and 3 of f\.jsonl have the same task id"):
         ids_from_content([{"n": 1}, {"n": 2}, {"n": 1}], "square", "f.jsonl")
 
 
