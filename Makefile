@@ -15,12 +15,13 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(STAMP_RUN): pyproject.toml $(NATIVE) | $(PY)
-	$(PIP) install -q -e .
+# the runtime (fleetinfer) and its flagship workload (roadchange/, its own distribution)
+$(STAMP_RUN): pyproject.toml roadchange/pyproject.toml $(NATIVE) | $(PY)
+	$(PIP) install -q -e . -e ./roadchange
 	touch $@
 
-$(STAMP_DEV): pyproject.toml $(NATIVE) | $(PY)
-	$(PIP) install -q -e '.[dev,train]'
+$(STAMP_DEV): pyproject.toml roadchange/pyproject.toml $(NATIVE) | $(PY)
+	$(PIP) install -q -e '.[dev]' -e './roadchange[train]'
 	touch $@ $(STAMP_RUN)
 
 install: $(STAMP_RUN)
@@ -32,8 +33,8 @@ demo: $(STAMP_RUN)
 
 ## make check: lint, format check and strict typing.
 check: $(STAMP_DEV)
-	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/ruff check src roadchange/src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src roadchange/src tests benchmarks examples
 	$(VENV)/bin/mypy --strict
 
 ## make services: make sure Redis and PostgreSQL answer (the tests start moto themselves).
@@ -45,9 +46,10 @@ test: $(STAMP_DEV) services check
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 format: $(STAMP_DEV)
-	$(VENV)/bin/ruff check --fix src tests benchmarks examples
-	$(VENV)/bin/ruff format src tests benchmarks examples
+	$(VENV)/bin/ruff check --fix src roadchange/src tests benchmarks examples
+	$(VENV)/bin/ruff format src roadchange/src tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) .fleetinfer .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
+	rm -rf $(VENV) .fleetinfer .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info \
+		roadchange/build roadchange/src/*.egg-info
 	find src -name '*.so' -delete

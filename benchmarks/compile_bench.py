@@ -1,6 +1,6 @@
 """INT8 vs FP32 CDNet on this CPU: samples/s at batch 1 (interleaved rounds, median) and macc drop.
 
-    .venv/bin/python benchmarks/compile_bench.py [--model-dir src/roadchange/models/cdnet]
+    .venv/bin/python benchmarks/compile_bench.py [--model-dir roadchange/src/roadchange/models/cdnet]
         [--eval-segments 200] [--calibration-segments 8] [--rounds 9] [--seconds 1.0]
         [--threads 0,1] [--out compile_bench.json]
 
@@ -29,16 +29,18 @@ from fleetinfer.compile.calibration import collect
 from fleetinfer.compile.compiler import BenchSettings, CompileRequest, compile_model
 from fleetinfer.compile.measure import interleaved, open_session, timed_round, warm_up
 from fleetinfer.compile.passes import QuantizationOptions
-from fleetinfer.compile.roadchange import RoadchangeCalibration, RoadchangeEvaluator
 from fleetinfer.compile.targets import host_description
 from fleetinfer.server.repository import ModelRepository
+from roadchange.compile_plugin import RoadchangeCalibration, RoadchangeEvaluator
 
 SPEEDUP_BAR, MACC_DROP_BAR = 2.5, 0.01
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, default=Path("src/roadchange/models/cdnet"))
+    parser.add_argument(
+        "--model-dir", type=Path, default=Path("roadchange/src/roadchange/models/cdnet")
+    )
     parser.add_argument("--untrained", action="store_true", help="export an untrained CDNet")
     parser.add_argument("--target", default="cpu")
     parser.add_argument("--calibration-segments", type=int, default=8)

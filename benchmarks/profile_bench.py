@@ -1,6 +1,6 @@
 """Does `fleetinfer profile` pick settings at least as fast as ONNX Runtime's defaults?
 
-    .venv/bin/python benchmarks/profile_bench.py [--model-dir src/roadchange/models/cdnet]
+    .venv/bin/python benchmarks/profile_bench.py [--model-dir roadchange/src/roadchange/models/cdnet]
         [--batch-sizes 1,4,8] [--threads 0,1,2] [--rounds 7] [--seconds 1.0] [--out profile_bench.json]
 
 Runs `profile_model` on a scratch copy of the model folder, then re-measures the picked
@@ -30,7 +30,9 @@ from fleetinfer.server.repository import ModelRepository
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, default=Path("src/roadchange/models/cdnet"))
+    parser.add_argument(
+        "--model-dir", type=Path, default=Path("roadchange/src/roadchange/models/cdnet")
+    )
     parser.add_argument("--untrained", action="store_true")
     parser.add_argument("--batch-sizes", default="1,4,8")
     parser.add_argument("--threads", default="0,1,2")
@@ -85,7 +87,7 @@ def remeasure(
 def compile_int8(repo: Path, model: str) -> None:
     """An INT8 version beside the FP32 one (gated on 50 segments; not published)."""
     from fleetinfer.compile.compiler import CompileRequest, compile_model
-    from fleetinfer.compile.roadchange import RoadchangeCalibration, RoadchangeEvaluator
+    from roadchange.compile_plugin import RoadchangeCalibration, RoadchangeEvaluator
 
     request = CompileRequest(repository=repo, model=model, precision="int8", measure=False)
     compile_model(

@@ -30,6 +30,7 @@ import msgspec
 
 from fleetinfer.errors import (
     ConfigError,
+    InputError,
     MalformedMessageError,
     UnknownTaskError,
 )
@@ -319,21 +320,46 @@ def _get_attribute(spec: str, module: Any, attribute: str) -> Any:
 
 
 def send_tasks(
-    broker: Broker, task_name: str, payloads: Iterable[Any], *, batch_size: int = 100
+    broker: Broker,
+    task_name: str,
+    payloads: Iterable[Any],
+    *,
+    batch_size: int = 100,
+    task_ids: Iterable[str] | None = None,
 ) -> list[str]:
-    """Enqueue one task per payload, `batch_size` per round trip; returns the task ids."""
+    """Enqueue one task per payload, `batch_size` per round trip; returns the task ids.
+
+    Without `task_ids` each task gets a fresh random id. With them (one per payload) the id is
+    the idempotency key end to end: it is the message's deduplication id, so a task still in
+    the queue is not queued twice, and the worker does not run a task whose result succeeded.
+    """
     check_task_name(task_name)
-    task_ids: list[str] = []
+    if task_ids is None:
+        envelopes: Iterable[Envelope] = (Envelope.new(task_name, p) for p in payloads)
+    else:
+        envelopes = _envelopes_with_ids(task_name, payloads, task_ids)
+    sent: list[str] = []
     batch: list[Envelope] = []
-    for payload in payloads:
-        batch.append(Envelope.new(task_name, payload))
+    for envelope in envelopes:
+        batch.append(envelope)
         if len(batch) >= batch_size:
-            task_ids += _send_envelopes(broker, batch)
+            sent += _send_envelopes(broker, batch, dedup=task_ids is not None)
             batch = []
-    return task_ids + _send_envelopes(broker, batch)
+    return sent + _send_envelopes(broker, batch, dedup=task_ids is not None)
 
 
-def _send_envelopes(broker: Broker, envelopes: list[Envelope]) -> list[str]:
+def _envelopes_with_ids(
+    task_name: str, payloads: Iterable[Any], task_ids: Iterable[str]
+) -> Iterator[Envelope]:
+    for payload, task_id in zip(payloads, task_ids, strict=True):
+        if not isinstance(task_id, str) or not task_id:
+            raise InputError(f"a task id must be a non-empty string, got {task_id!r}")
+        yield Envelope.new(task_name, payload, task_id=task_id)
+
+
+def _send_envelopes(broker: Broker, envelopes: list[Envelope], *, dedup: bool) -> list[str]:
     if envelopes:
-        broker.send_raw_batch([e.encode() for e in envelopes])
+        bodies = [e.encode() for e in envelopes]
+        dedup_ids = [e.id for e in envelopes] if dedup else None
+        broker.send_raw_batch(bodies, dedup_ids=dedup_ids)
     return [e.id for e in envelopes]

@@ -15,6 +15,9 @@ Where a backend cannot honour a clause the way the others do, the difference is 
   atomic across concurrent requests, so on SQS the test asserts at-least-once only.
 - `tells_message_age`: SQLite and Redis report the age of the oldest visible message in
   `stats()`; SQS keeps it only as a CloudWatch metric, so its `stats()` says None.
+- `deduplicates`: SQLite and Redis keep one live message per deduplication id (a task id):
+  a second send of an id still queued, delayed or in flight queues nothing. An SQS standard
+  queue has no deduplication and queues every send.
 - SQS times are whole seconds, so timeouts and delays here are whole seconds on every backend.
 """
 
@@ -43,13 +46,21 @@ class Backend:
     detects_stale_ack: bool
     delayed_release_counts_as: str  # "delayed" or "in_flight"
     exclusive_delivery: bool
+    deduplicates: bool
     tells_message_age: bool = True
 
 
 BACKENDS = {
-    "sqlite": Backend("sqlite", True, "delayed", exclusive_delivery=True),
-    "redis": Backend("redis", True, "delayed", exclusive_delivery=True),
-    "sqs": Backend("sqs", False, "in_flight", exclusive_delivery=False, tells_message_age=False),
+    "sqlite": Backend("sqlite", True, "delayed", exclusive_delivery=True, deduplicates=True),
+    "redis": Backend("redis", True, "delayed", exclusive_delivery=True, deduplicates=True),
+    "sqs": Backend(
+        "sqs",
+        False,
+        "in_flight",
+        exclusive_delivery=False,
+        deduplicates=False,
+        tells_message_age=False,
+    ),
 }
 
 OpenBroker = Callable[..., Broker]
@@ -428,3 +439,67 @@ def test_stats_tell_the_age_of_the_oldest_visible_message(
     assert after_receive is not None
     assert after_receive >= 1.0
     assert broker.stats().oldest_visible_age_s == 0.0
+
+
+def test_a_send_whose_dedup_id_is_still_queued_queues_nothing_where_the_backend_deduplicates(
+    open_: OpenBroker, backend: Backend
+) -> None:
+    broker = open_(visibility_timeout_s=30)
+    first = broker.send_raw_batch(['"a"', '"b"'], dedup_ids=["task-1", "task-2"])
+    again = broker.send_raw_batch(['"a again"', '"c"'], dedup_ids=["task-1", "task-3"])
+    bodies = sorted(m.body for m in drain(broker, 3 if backend.deduplicates else 4))
+    if backend.deduplicates:
+        assert again[0] == first[0]  # the message already queued stands for the second send
+        assert bodies == ['"a"', '"b"', '"c"']
+    else:
+        assert bodies == sorted(['"a"', '"a again"', '"b"', '"c"'])
+
+
+def test_a_dedup_id_in_flight_or_delayed_holds_and_is_free_again_after_the_ack(
+    open_: OpenBroker, backend: Backend
+) -> None:
+    broker = open_(visibility_timeout_s=30)
+    broker.send_raw_batch(['"now"'], dedup_ids=["task-1"])
+    broker.send_raw_batch(['"later"'], dedup_ids=["task-2"], delay_s=1)
+    held = receive_one(broker)  # task-1 in flight, task-2 delayed
+    broker.send_raw_batch(['"now again"', '"later again"'], dedup_ids=["task-1", "task-2"])
+    expected = 2 if backend.deduplicates else 4
+    assert broker.stats().pending == expected
+    broker.ack(held.receipt)
+    broker.send_raw_batch(['"after the ack"'], dedup_ids=["task-1"])  # free again: queued
+    rest = drain_within(broker, expected, wait_s=4)
+    assert '"after the ack"' in [m.body for m in rest]
+
+
+def test_a_redriven_dead_letter_gives_way_to_a_resubmitted_copy_where_the_backend_deduplicates(
+    open_: OpenBroker, backend: Backend
+) -> None:
+    broker = open_(visibility_timeout_s=30)
+    broker.send_raw_batch(['"first"'], dedup_ids=["task-1"])
+    broker.dead_letter(receive_one(broker).receipt, "failed")
+    broker.send_raw_batch(['"resubmitted"'], dedup_ids=["task-1"])  # dead letters hold no id
+    broker.redrive()
+    bodies = sorted(m.body for m in drain(broker, 1 if backend.deduplicates else 2))
+    assert bodies == (
+        ['"resubmitted"'] if backend.deduplicates else sorted(['"first"', '"resubmitted"'])
+    )
+
+
+def test_dedup_ids_must_match_the_bodies_one_to_one(open_: OpenBroker) -> None:
+    broker = open_()
+    with pytest.raises(InputError, match="one id per body"):
+        broker.send_raw_batch(['"a"', '"b"'], dedup_ids=["task-1"])
+    with pytest.raises(InputError, match="non-empty string"):
+        broker.send_raw_batch(['"a"'], dedup_ids=[""])
+
+
+def drain_within(broker: Broker, count: int, *, wait_s: float) -> list[Message]:
+    """Receive and ack until `count` messages came, waiting up to `wait_s` for delayed ones."""
+    got: list[Message] = []
+    deadline = time.monotonic() + wait_s
+    while len(got) < count and time.monotonic() < deadline:
+        for message in broker.receive(max_messages=10, wait_s=1):
+            broker.ack(message.receipt)
+            got.append(message)
+    assert len(got) == count, [m.body for m in got]
+    return got

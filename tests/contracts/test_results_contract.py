@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from fleetinfer.errors import ConfigError, InputError
+from fleetinfer.payloads import payload_sha256
 from fleetinfer.results import ResultStore, TaskResult, TaskStatus, open_store
 
 BACKENDS = ("postgresql", "sqlite")
@@ -157,3 +158,76 @@ def test_concurrent_writers_of_the_same_ids_from_several_processes_leave_one_row
     rows = list(store.iter_results())
     assert [r.task_id for r in rows] == ids
     assert all(r.value == r.worker for r in rows)  # each row is one writer's whole result
+
+
+def test_a_result_keeps_its_payload_and_the_payloads_sha256(store: ResultStore) -> None:
+    payload = {"path": "segments/ü-7.npz", "window": [1, 2]}
+    store.put(result("seg-7", value={"changed": True}, payload=payload))
+    got = store.get("seg-7")
+    assert got is not None
+    assert got.payload == payload
+    assert got.payload_sha256 == payload_sha256(payload)
+    assert got.payload_sha256 == payload_sha256({"window": [1, 2], "path": "segments/ü-7.npz"})
+
+
+def test_a_store_opened_with_payload_sha256_keeps_only_the_hash(store_url: str) -> None:
+    with open_store(f"{store_url}&payload=sha256") as store:
+        store.put(result("seg-8", payload={"path": "b.npz"}))
+        got = store.get("seg-8")
+    assert got is not None
+    assert (got.payload, got.payload_sha256) == (None, payload_sha256({"path": "b.npz"}))
+    with pytest.raises(ConfigError, match="payload=full"):
+        open_store(f"{store_url}&payload=everything")
+
+
+def test_iteration_filters_by_status_and_by_task(store: ResultStore) -> None:
+    store.put(result("a", TaskStatus.SUCCEEDED))
+    store.put(result("b", TaskStatus.DEAD))
+    store.put(TaskResult(task_id="c", task_name="other", status=TaskStatus.SUCCEEDED))
+    assert [r.task_id for r in store.iter_results(status=TaskStatus.SUCCEEDED)] == ["a", "c"]
+    assert [r.task_id for r in store.iter_results(task_name="detect_change")] == ["a", "b"]
+    both = store.iter_results(status=TaskStatus.SUCCEEDED, task_name="other", batch_size=1)
+    assert [r.task_id for r in both] == ["c"]
+    with pytest.raises(InputError, match="succeeded"):
+        list(store.iter_results(status="finished"))  # type: ignore[arg-type]
+
+
+OLD_TABLE = {  # the table as stores made it before payloads were kept
+    "sqlite": "CREATE TABLE {t} (task_id TEXT PRIMARY KEY, task_name TEXT NOT NULL, "
+    "status TEXT NOT NULL, value TEXT, error TEXT, attempts INTEGER NOT NULL, "
+    "worker TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL NOT NULL, "
+    "stored_at REAL NOT NULL)",
+    "postgresql": "CREATE TABLE {t} (task_id TEXT PRIMARY KEY, task_name TEXT NOT NULL, "
+    "status TEXT NOT NULL, value JSONB, error TEXT, attempts INTEGER NOT NULL, "
+    "worker TEXT NOT NULL, started_at DOUBLE PRECISION NOT NULL, "
+    "finished_at DOUBLE PRECISION NOT NULL, stored_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+}
+OLD_ROW = "INSERT INTO {t} VALUES ('old-1', 'detect_change', 'succeeded', '[1]', NULL, 1, 'w', 1, 2, {now})"
+
+
+def test_a_table_made_before_payloads_were_kept_is_migrated_and_keeps_its_rows(
+    store_url: str, unique_name: str
+) -> None:
+    table = f'"{unique_name}"'
+    if store_url.startswith("sqlite"):
+        import sqlite3
+
+        path = store_url.removeprefix("sqlite:///").split("?")[0]
+        with sqlite3.connect(path) as conn:
+            conn.execute(OLD_TABLE["sqlite"].format(t=table))
+            conn.execute(OLD_ROW.format(t=table, now=3))
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(store_url.split("?")[0], autocommit=True) as conn:
+            conn.execute(OLD_TABLE["postgresql"].format(t=table))  # type: ignore[call-overload]
+            conn.execute(OLD_ROW.format(t=table, now="now()"))  # type: ignore[call-overload]
+    with open_store(store_url) as store:
+        old = store.get("old-1")
+        assert old is not None
+        assert (old.value, old.payload, old.payload_sha256) == ([1], None, None)
+        store.put(result("new-1", payload={"n": 1}))
+        new = store.get("new-1")
+        assert new is not None
+        assert new.payload == {"n": 1}

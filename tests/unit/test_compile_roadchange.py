@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from fleetinfer.compile.roadchange import RoadchangeCalibration, RoadchangeEvaluator
+from roadchange.compile_plugin import RoadchangeCalibration, RoadchangeEvaluator
 
 Array = np.ndarray[Any, Any]
 

@@ -4,6 +4,8 @@ fleetinfer submit TASK [FILE|-] --queue URL
 fleetinfer run APP:TASK --queue URL --results URL [--workers N] [--exit-when-empty] …
 fleetinfer status --queue URL [--json]
 fleetinfer config show [--config FILE] [--json]  (the node's effective configuration)
+fleetinfer results get ID | export --format jsonl|csv|parquet   (read the results store)
+fleetinfer model init PATH/model.onnx --repo DIR               (a repository entry from a graph)
 fleetinfer dlq list|redrive --queue URL
 fleetinfer serve --models REPO                 (the node's model server)
 fleetinfer compile REPO/MODEL --target T --precision P
@@ -21,6 +23,8 @@ from fleetinfer.cli.compile import compile_cmd, profile_cmd
 from fleetinfer.cli.config_cmd import config_app
 from fleetinfer.cli.demo import demo
 from fleetinfer.cli.dlq import dlq_app
+from fleetinfer.cli.model import model_app
+from fleetinfer.cli.results import results_app
 from fleetinfer.cli.run import run
 from fleetinfer.cli.serve import serve_command
 from fleetinfer.cli.status import status
@@ -38,6 +42,8 @@ app.command("run")(run)
 app.command("status")(status)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(config_app, name="config")
+app.add_typer(results_app, name="results")
+app.add_typer(model_app, name="model")
 
 
 app.command("serve")(serve_command)

@@ -1,6 +1,6 @@
 """`fleetinfer bench APP:TASK`: the same tasks through each serving mode, measured side by side.
 
-    fleetinfer bench roadchange.tasks:check_segment --models src/roadchange/models \\
+    fleetinfer bench roadchange.tasks:check_segment --models roadchange/src/roadchange/models \\
         --payloads payloads.jsonl --tasks 16 --workers 8 --rounds 3 --out .fleetinfer/bench
 
 Writes DIR/bench.json and DIR/bench.png; prints a table (or the JSON with --json).

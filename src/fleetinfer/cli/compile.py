@@ -28,6 +28,7 @@ from fleetinfer.compile.accuracy import Evaluator, InputsEvaluator
 from fleetinfer.compile.calibration import CalibrationSource, NpzSource, ZeroSource, collect
 from fleetinfer.compile.compiler import BenchSettings, CompileRequest, CompileResult, compile_model
 from fleetinfer.compile.passes import QuantizationOptions
+from fleetinfer.compile.plugins import load_plugin
 from fleetinfer.compile.profile import (
     Constraints,
     ProfileReport,
@@ -35,12 +36,10 @@ from fleetinfer.compile.profile import (
     profile_model,
     write_profile,
 )
-from fleetinfer.compile.roadchange import RoadchangeCalibration, RoadchangeEvaluator
 from fleetinfer.compile.targets import PRECISIONS, TARGETS
 from fleetinfer.errors import AccuracyGateError, ConfigError, ModelConfigError
 from fleetinfer.server.repository import ModelRepository
 
-ROADCHANGE = "roadchange"
 ZEROS = "zeros"
 
 ModelArgument = Annotated[
@@ -72,11 +71,13 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 def calibration_source(
     spec: str | None, repository: Path, model: str, segments: int
 ) -> CalibrationSource | None:
-    """`roadchange`, `zeros` (a deliberately bad calibration) or a path to .npz input dicts."""
+    """A task plugin's name (`roadchange`), `zeros` (a deliberately bad calibration) or a path
+    to .npz input dicts."""
     if spec is None:
         return None
-    if spec == ROADCHANGE:
-        return RoadchangeCalibration(segments=segments)
+    plugin = load_plugin(spec)
+    if plugin is not None:
+        return plugin.calibration(segments=segments)
     if spec == ZEROS:
         return ZeroSource(ModelRepository(repository).config(model))
     return NpzSource(Path(spec))
@@ -85,11 +86,13 @@ def calibration_source(
 def evaluator_for(
     spec: str | None, repository: Path, model: str, segments: int, seed: int
 ) -> Evaluator | None:
-    """`roadchange` (segment pipeline, macc), a path to .npz inputs (agreement), or None."""
+    """A task plugin's name (`roadchange`: segment pipeline, macc), a path to .npz inputs
+    (agreement), or None."""
     if spec is None:
         return None
-    if spec == ROADCHANGE:
-        return RoadchangeEvaluator(segments=segments, seed=seed)
+    plugin = load_plugin(spec)
+    if plugin is not None:
+        return plugin.evaluator(segments=segments, seed=seed)
     config = ModelRepository(repository).config(model)
     inputs = collect(NpzSource(Path(spec)), config, what="evaluation")
     return InputsEvaluator(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fleetinfer.cli.common import JsonOption, exit_on_error, print_json, stdout
+from fleetinfer.errors import ConfigError
 
 if TYPE_CHECKING:
     from roadchange.demo import DemoSummary
@@ -26,6 +27,17 @@ def _progress() -> Progress:
     )
 
 
+def _import_roadchange_demo() -> Any:
+    try:
+        from roadchange import demo as job
+    except ImportError as exc:
+        raise ConfigError(
+            "fleetinfer demo runs the roadchange workload, which is not installed: run "
+            "`pip install roadchange` (from a clone: `pip install ./roadchange`, or `make demo`)"
+        ) from exc
+    return job
+
+
 def demo(
     segments: Annotated[int, typer.Option("--segments", "-n", min=1, help="Road segments.")] = 200,
     workers: Annotated[
@@ -40,8 +52,8 @@ def demo(
     as_json: JsonOption = False,
 ) -> None:
     """Generate road segments, queue one change-detection task each, run a node, summarise."""
-    from roadchange import demo as job
-
+    with exit_on_error():
+        job = _import_roadchange_demo()
     config = job.DemoConfig(
         workdir=workdir, segments=segments, workers=workers, client_mode=client_mode
     )

@@ -1,12 +1,14 @@
-"""`fleetinfer submit TASK [FILE|-] --queue URL`: one task per JSON line."""
+"""`fleetinfer submit TASK [FILE|-] --queue URL`: one task per JSON line.
+
+With `--id-field NAME` or `--id-from-payload` every task gets a stable id, so submitting the same
+file twice queues no task twice and runs none again (see `fleetinfer.payloads`).
+"""
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any
 
 import typer
 from rich.progress import Progress
@@ -21,6 +23,7 @@ from fleetinfer.cli.common import (
 )
 from fleetinfer.cli.paths import add_working_directory_to_path
 from fleetinfer.errors import InputError
+from fleetinfer.payloads import ids_from_content, ids_from_field, parse_jsonl
 from fleetinfer.queue import Broker, open_broker
 from fleetinfer.task import check_task_name, resolve_target, send_tasks
 
@@ -41,18 +44,36 @@ def submit(
     task: Annotated[
         str | None, typer.Option("--task", "-t", help="Task of the app named by TARGET.")
     ] = None,
+    id_field: Annotated[
+        str | None,
+        typer.Option(
+            "--id-field",
+            help="Take each task's id from this field of its payload (a string or an integer).",
+        ),
+    ] = None,
+    id_from_payload: Annotated[
+        bool,
+        typer.Option(
+            "--id-from-payload",
+            help="Derive each task's id from its content: sha256 of the task name and the "
+            "payload's canonical JSON.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Send one task per JSON line of FILE (or stdin) to the queue."""
     with exit_on_error():
+        if id_field is not None and id_from_payload:
+            raise InputError("give --id-field or --id-from-payload, not both")
         name = task_name_for(target, task)
         payloads = read_payloads(source)
+        task_ids = _task_ids(payloads, name, source, id_field, id_from_payload=id_from_payload)
         with open_broker(queue) as broker:
-            sent = _send_with_progress(broker, name, payloads, quiet=json_output)
+            ids = _send_with_progress(broker, name, payloads, task_ids, quiet=json_output)
         if json_output:
-            print_json({"submitted": sent, "task": name, "queue": queue})
+            print_json({"submitted": len(ids), "task": name, "queue": queue, "ids": ids})
         else:
-            stdout.print(f"submitted {sent} task(s) of {name!r} to {queue}")
+            stdout.print(f"submitted {len(ids)} task(s) of {name!r} to {queue}")
 
 
 def task_name_for(target: str, task: str | None) -> str:
@@ -72,36 +93,35 @@ def task_name_for(target: str, task: str | None) -> str:
 def read_payloads(source: str) -> list[Any]:
     """Every non-blank line of `source` ('-' = stdin) parsed as JSON."""
     if source == "-":
-        return parse_jsonl(sys.stdin, "<stdin>")
+        return parse_jsonl(sys.stdin.buffer, "<stdin>")
     path = Path(source)
     try:
-        with path.open(encoding="utf-8") as file:
+        with path.open("rb") as file:
             return parse_jsonl(file, str(path))
     except OSError as exc:
         raise InputError(f"cannot read payload file {source!r}: {exc.strerror}") from exc
 
 
-def parse_jsonl(lines: TextIO | Iterable[str], name: str) -> list[Any]:
-    """JSON values, one per non-blank line; the first bad line raises `InputError`."""
-    payloads: list[Any] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            payloads.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"line {number} of {name} is not JSON ({exc.msg} at column {exc.colno}): "
-                f"expected one JSON payload per line, got {line.strip()[:80]!r}"
-            ) from exc
-    return payloads
+def _task_ids(
+    payloads: list[Any], name: str, source: str, id_field: str | None, *, id_from_payload: bool
+) -> list[str] | None:
+    where = "<stdin>" if source == "-" else source
+    if id_field is not None:
+        return ids_from_field(payloads, id_field, where)
+    if id_from_payload:
+        return ids_from_content(payloads, name, where)
+    return None
 
 
-def _send_with_progress(broker: Broker, name: str, payloads: list[Any], *, quiet: bool) -> int:
+def _send_with_progress(
+    broker: Broker, name: str, payloads: list[Any], task_ids: list[str] | None, *, quiet: bool
+) -> list[str]:
+    sent: list[str] = []
     with Progress(transient=True, disable=quiet or len(payloads) < 10 * BATCH) as progress:
         bar = progress.add_task(f"submitting {name}", total=len(payloads))
         for start in range(0, len(payloads), BATCH):
             chunk = payloads[start : start + BATCH]
-            send_tasks(broker, name, chunk, batch_size=BATCH)
+            ids = None if task_ids is None else task_ids[start : start + BATCH]
+            sent += send_tasks(broker, name, chunk, batch_size=BATCH, task_ids=ids)
             progress.advance(bar, len(chunk))
-    return len(payloads)
+    return sent

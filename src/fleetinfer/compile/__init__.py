@@ -8,7 +8,7 @@ accuracy.py     Evaluator protocol, output comparison, the accuracy gate
 compiler.py     compile_model: build, evaluate, measure, manifest, record, publish (or not)
 manifest.py     <version>/manifest.json
 profile.py      profile_model / write_profile: the batch x threads x precision x instances sweep
-roadchange.py   CDNet calibration windows and segment-pipeline evaluation (roadchange imported lazily)
+plugins.py      task plugins (entry points `fleetinfer.compile.tasks`): a workload's calibration and metric
 ```
 """
 

@@ -3,7 +3,7 @@
 A `CalibrationSource` is any iterable of input dicts (`{"raster": array, ...}`), the model's input
 names to arrays with the batch first. Sources here: arrays in memory, `.npz` files on disk (loaded
 with `allow_pickle=False`) and random inputs shaped by the model config. The roadchange source,
-rasterized windows from generated segments, lives in `fleetinfer.compile.roadchange`.
+rasterized windows from generated segments, is the roadchange task plugin (`plugins.py`).
 """
 
 from __future__ import annotations

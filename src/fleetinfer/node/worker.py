@@ -50,6 +50,7 @@ from fleetinfer.errors import (
 )
 from fleetinfer.node.events import EventSink, MemoryEvents
 from fleetinfer.node.lease import Lease
+from fleetinfer.payloads import payload_sha256
 from fleetinfer.queue import open_broker
 from fleetinfer.queue.base import MAX_DELAY_S, MAX_MESSAGE_BYTES, Broker, Message
 from fleetinfer.results import TaskResult, TaskStatus, open_store
@@ -405,6 +406,8 @@ class Worker:
             worker=self.name,
             started_at=attempt.started_at,
             finished_at=attempt.finished_at,
+            payload=envelope.payload,
+            payload_sha256=payload_sha256(envelope.payload),
         )
         if not self.store.put(result):
             log.info("task %s already had a result; the first one stays", envelope.id)

@@ -121,6 +121,20 @@ def raise_if_stale(stale_receipts: Sequence[str]) -> None:
         )
 
 
+def check_dedup_ids(bodies: Sequence[str], dedup_ids: Sequence[str] | None) -> None:
+    """Deduplication ids, when given, are one non-empty string per body."""
+    if dedup_ids is None:
+        return
+    if len(dedup_ids) != len(bodies):
+        raise InputError(
+            f"dedup_ids must hold one id per body: got {len(dedup_ids)} ids for "
+            f"{len(bodies)} bodies"
+        )
+    for dedup_id in dedup_ids:
+        if not isinstance(dedup_id, str) or not dedup_id:
+            raise InputError(f"a dedup id must be a non-empty string, got {dedup_id!r}")
+
+
 def check_delay(delay_s: float, *, limit_s: float = MAX_DELAY_S) -> None:
     """A delay is a number of seconds in [0, 15 min], as SQS allows."""
     if not 0.0 <= delay_s <= limit_s:
@@ -167,8 +181,21 @@ class Broker(ABC):
         return self.send_raw_batch([body], delay_s=delay_s)[0]
 
     @abstractmethod
-    def send_raw_batch(self, bodies: Sequence[str], *, delay_s: float = 0.0) -> list[str]:
-        """Enqueue bodies as they are (each size-checked); returns their message ids in order."""
+    def send_raw_batch(
+        self,
+        bodies: Sequence[str],
+        *,
+        delay_s: float = 0.0,
+        dedup_ids: Sequence[str] | None = None,
+    ) -> list[str]:
+        """Enqueue bodies as they are (each size-checked); returns their message ids in order.
+
+        With `dedup_ids` (one per body, as SQS FIFO's deduplication id), a body whose id is held
+        by a message still in the queue (visible, delayed or in flight) is not enqueued again:
+        its place in the returned list holds the message already queued. The id is free again
+        once that message is acked or dead-lettered. SQLite and Redis deduplicate; an SQS
+        standard queue cannot and sends every body (the worker's results-store check then
+        keeps a task that already succeeded from running again)."""
 
     @abstractmethod
     def receive(

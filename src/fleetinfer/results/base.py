@@ -25,7 +25,11 @@ class TaskStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class TaskResult:
-    """The outcome of one task: `value` is the task's JSON return value, `error` its last error."""
+    """The outcome of one task: `value` is the task's JSON return value, `error` its last error.
+
+    `payload` is the payload the task ran on, and `payload_sha256` the sha256 of its canonical
+    JSON (`fleetinfer.payloads.payload_sha256`); a store opened with `?payload=sha256` keeps
+    only the hash, and reads back `payload` as None."""
 
     task_id: str
     task_name: str
@@ -36,6 +40,8 @@ class TaskResult:
     worker: str = ""
     started_at: float = 0.0
     finished_at: float = 0.0
+    payload: Any = None
+    payload_sha256: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -60,8 +66,14 @@ class ResultStore(ABC):
         """How many results, optionally of one status."""
 
     @abstractmethod
-    def iter_results(self, *, batch_size: int = 1000) -> Iterator[TaskResult]:
-        """Every result, in task-id order."""
+    def iter_results(
+        self,
+        *,
+        batch_size: int = 1000,
+        status: TaskStatus | None = None,
+        task_name: str | None = None,
+    ) -> Iterator[TaskResult]:
+        """Every result, in task-id order; only those of one status and/or one task if given."""
 
     @abstractmethod
     def clear(self) -> None:

@@ -8,9 +8,12 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fleetinfer.errors import ConfigError, InputError
+from fleetinfer.payloads import canonical_json, payload_sha256
 from fleetinfer.results.base import TaskResult, TaskStatus
 
 DEFAULT_TABLE = "fleetinfer_results"
+PAYLOAD_MODES = ("full", "sha256")
+"""What a row keeps of the payload (URL option `payload`): all of it and its hash, or the hash."""
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -38,6 +41,42 @@ def split_options(url: str, query: str, accepted: tuple[str, ...]) -> tuple[dict
     return ours, "&".join(rest)
 
 
+def payload_mode(url: str, options: dict[str, str]) -> str:
+    """The `payload` option of a store URL: `full` (default) or `sha256`."""
+    mode = options.get("payload", "full")
+    if mode not in PAYLOAD_MODES:
+        raise ConfigError(
+            f"results store {url!r}: payload={mode!r} is not an option: use payload=full "
+            "(keep each payload and its sha256) or payload=sha256 (keep only the hash)"
+        )
+    return mode
+
+
+def filter_clause(
+    status: TaskStatus | str | None, task_name: str | None, placeholder: str
+) -> tuple[str, tuple[Any, ...]]:
+    """` AND status = ? AND task_name = ?` for the filters given, and their parameters."""
+    sql: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        sql.append(f" AND status = {placeholder}")
+        params.append(check_status(status).value)
+    if task_name is not None:
+        sql.append(f" AND task_name = {placeholder}")
+        params.append(task_name)
+    return "".join(sql), tuple(params)
+
+
+def check_status(status: TaskStatus | str) -> TaskStatus:
+    """A status filter as a `TaskStatus`; an unknown one raises `InputError`."""
+    try:
+        return TaskStatus(status)
+    except ValueError:
+        raise InputError(
+            f"status {status!r} is not one of {', '.join(s.value for s in TaskStatus)}"
+        ) from None
+
+
 def check_result(result: TaskResult) -> TaskStatus:
     """Reject what cannot be stored faithfully; returns the status as a `TaskStatus`."""
     if not isinstance(result.task_id, str) or not result.task_id:
@@ -62,9 +101,8 @@ def encode_value(result: TaskResult) -> str:
         ) from exc
 
 
-def result_from_row(row: tuple[Any, ...], value: Any) -> TaskResult:
-    """Build a result from (task_id, task_name, status, value, error, attempts, worker,
-    started_at, finished_at), with the value already decoded."""
+def result_from_row(row: tuple[Any, ...], value: Any, payload: Any) -> TaskResult:
+    """Build a result from a row in `COLUMNS` order, with value and payload already decoded."""
     return TaskResult(
         task_id=row[0],
         task_name=row[1],
@@ -75,6 +113,8 @@ def result_from_row(row: tuple[Any, ...], value: Any) -> TaskResult:
         worker=row[6],
         started_at=row[7],
         finished_at=row[8],
+        payload=payload,
+        payload_sha256=row[10],
     )
 
 
@@ -95,6 +135,8 @@ UPDATABLE_COLUMNS = (
     "worker",
     "started_at",
     "finished_at",
+    "payload",
+    "payload_sha256",
 )
 COLUMNS = ", ".join(("task_id", *UPDATABLE_COLUMNS))
 """The stored columns, in the order `result_row` gives and `result_from_row` reads."""
@@ -109,9 +151,11 @@ def upsert_clause(table: str) -> str:
     )
 
 
-def result_row(result: TaskResult) -> tuple[Any, ...]:
-    """The validated column values of a result, in `COLUMNS` order (value as JSON text)."""
+def result_row(result: TaskResult, *, keep_payload: bool = True) -> tuple[Any, ...]:
+    """The validated column values of a result, in `COLUMNS` order (value and payload as JSON
+    text); without `keep_payload`, the payload column is NULL and only its hash is kept."""
     status = check_result(result)
+    payload_text, digest = _payload_columns(result, keep_payload=keep_payload)
     return (
         result.task_id,
         result.task_name,
@@ -122,4 +166,13 @@ def result_row(result: TaskResult) -> tuple[Any, ...]:
         result.worker,
         result.started_at,
         result.finished_at,
+        payload_text,
+        digest,
     )
+
+
+def _payload_columns(result: TaskResult, *, keep_payload: bool) -> tuple[str | None, str | None]:
+    if result.payload is None and result.payload_sha256 is None:
+        return None, None  # a result written without its payload (older producers, tests)
+    digest = result.payload_sha256 or payload_sha256(result.payload)
+    return (canonical_json(result.payload) if keep_payload else None), digest

@@ -38,6 +38,7 @@ from fleetinfer.queue.base import (
     Message,
     QueueStats,
     check_body_size,
+    check_dedup_ids,
     check_delay,
     check_receive_args,
     long_poll,
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from redis.commands.core import Script
 
 GROUP = "fleetinfer"
-_SCRIPTS = ("receive", "settle", "send_delayed", "redrive", "stats")
+_SCRIPTS = ("receive", "settle", "send_delayed", "send_dedup", "redrive", "stats")
 STATS_SCAN_ENTRIES = 1000  # stream entries `stats` looks through for the oldest visible one
 
 
@@ -126,6 +127,7 @@ class RedisBroker(Broker):
         self._inflight, self._retry = f"{prefix}:inflight", f"{prefix}:retry"
         self._delayed, self._delayed_bodies = f"{prefix}:delayed", f"{prefix}:delayed_bodies"
         self._receipts = f"{prefix}:receipts"
+        self._dedup = f"{prefix}:dedup"  # dedup id -> message id, while that message is live
         self._scripts: dict[str, Script] = {
             name: client.register_script(_script_text(name)) for name in _SCRIPTS
         }
@@ -170,13 +172,22 @@ class RedisBroker(Broker):
 
     # -- send --------------------------------------------------------------------------------
 
-    def send_raw_batch(self, bodies: Sequence[str], *, delay_s: float = 0.0) -> list[str]:
+    def send_raw_batch(
+        self,
+        bodies: Sequence[str],
+        *,
+        delay_s: float = 0.0,
+        dedup_ids: Sequence[str] | None = None,
+    ) -> list[str]:
         check_delay(delay_s)
+        check_dedup_ids(bodies, dedup_ids)
         for body in bodies:
             check_body_size(body)
         ids = [uuid.uuid4().hex for _ in bodies]
         sent_at = repr(time.time())
         with _translate_redis_errors(self.url):
+            if dedup_ids is not None:
+                return self._send_dedup(ids, bodies, dedup_ids, sent_at, delay_s)
             if delay_s > 0:
                 args: list[str] = [str(round(delay_s * 1000))]
                 for message_id, body in zip(ids, bodies, strict=True):
@@ -188,6 +199,22 @@ class RedisBroker(Broker):
                 pipe.xadd(self._stream, {"id": message_id, "body": body, "sent_at": sent_at})
             pipe.execute()
         return ids
+
+    def _send_dedup(
+        self,
+        ids: list[str],
+        bodies: Sequence[str],
+        dedup_ids: Sequence[str],
+        sent_at: str,
+        delay_s: float,
+    ) -> list[str]:
+        """One script call: each body is queued unless its dedup id is held by a live message."""
+        args: list[str] = [str(round(delay_s * 1000)), sent_at]
+        for message_id, body, dedup_id in zip(ids, bodies, dedup_ids, strict=True):
+            args += [message_id, dedup_id, body]
+        keys = [self._stream, self._delayed, self._delayed_bodies, self._dedup]
+        queued = self._scripts["send_dedup"](keys=keys, args=args)
+        return [item.decode() for item in queued]
 
     # -- receive -----------------------------------------------------------------------------
 
@@ -211,6 +238,7 @@ class RedisBroker(Broker):
             self._delayed_bodies,
             self._dead,
             self._receipts,
+            self._dedup,
         ]
         args: list[str | int] = [GROUP, self._consumer, max_messages]
         args += [round(timeout_s * 1000), self.max_receives]
@@ -243,7 +271,7 @@ class RedisBroker(Broker):
         args: list[str] = [op, GROUP, arg]
         for receipt in receipts:
             args.extend(_split_receipt(receipt))
-        keys = [self._stream, self._inflight, self._retry, self._dead, self._receipts]
+        keys = [self._stream, self._inflight, self._retry, self._dead, self._receipts, self._dedup]
         with _translate_redis_errors(self.url):
             stale_positions = self._scripts["settle"](keys=keys, args=args)
         raise_if_stale([receipts[int(p) - 1] for p in stale_positions])
@@ -291,7 +319,9 @@ class RedisBroker(Broker):
     def redrive(self, *, limit: int | None = None) -> int:
         count = 2**31 - 1 if limit is None else limit
         with _translate_redis_errors(self.url):
-            moved = self._scripts["redrive"](keys=[self._stream, self._dead], args=[count])
+            moved = self._scripts["redrive"](
+                keys=[self._stream, self._dead, self._dedup], args=[count]
+            )
         return int(moved)
 
     def stats(self) -> QueueStats:
@@ -312,7 +342,7 @@ class RedisBroker(Broker):
 
     def purge(self) -> None:
         keys = [self._stream, self._dead, self._inflight, self._retry]
-        keys += [self._delayed, self._delayed_bodies, self._receipts]
+        keys += [self._delayed, self._delayed_bodies, self._receipts, self._dedup]
         with _translate_redis_errors(self.url):
             self._client.delete(*keys)
         self._ensure_group()

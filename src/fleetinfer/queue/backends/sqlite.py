@@ -30,6 +30,7 @@ from fleetinfer.queue.base import (
     Message,
     QueueStats,
     check_body_size,
+    check_dedup_ids,
     check_delay,
     check_receive_args,
     long_poll,
@@ -78,6 +79,25 @@ def _split_receipt(receipt: str) -> tuple[int, str]:
             "returned in Message.receipt"
         )
     return int(seq), token
+
+
+def add_dedup_columns(conn: sqlite3.Connection) -> None:
+    """Migrate a file made before deduplication: add `dedup_id` to both tables, then the
+    unique index that lets one live message per queue hold a dedup id."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table in ("messages", "dead_letters"):
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if "dedup_id" not in columns:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN dedup_id TEXT")
+        conn.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS messages_by_dedup_id ON messages (queue, dedup_id) "
+            "WHERE dedup_id IS NOT NULL"
+        )
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 class SqliteBroker(Broker):
@@ -135,7 +155,13 @@ class SqliteBroker(Broker):
 
     def _connect(self) -> sqlite3.Connection:
         with _translate_sqlite_errors(self.url):
-            return connect_wal(self.path, what=f"SQLite broker {self.url!r}", schema_sql=SCHEMA_SQL)
+            conn = connect_wal(self.path, what=f"SQLite broker {self.url!r}", schema_sql=SCHEMA_SQL)
+            try:
+                add_dedup_columns(conn)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -157,19 +183,46 @@ class SqliteBroker(Broker):
 
     # -- send --------------------------------------------------------------------------------
 
-    def send_raw_batch(self, bodies: Sequence[str], *, delay_s: float = 0.0) -> list[str]:
+    def send_raw_batch(
+        self,
+        bodies: Sequence[str],
+        *,
+        delay_s: float = 0.0,
+        dedup_ids: Sequence[str] | None = None,
+    ) -> list[str]:
         check_delay(delay_s)
+        check_dedup_ids(bodies, dedup_ids)
         for body in bodies:
             check_body_size(body)
         now = time.time()
         ids = [uuid.uuid4().hex for _ in bodies]
-        rows = [(self.queue, i, b, now, now + delay_s) for i, b in zip(ids, bodies, strict=True)]
         with self._write() as conn:
+            if dedup_ids is not None:
+                return [
+                    self._insert_unless_queued(conn, i, b, d, now + delay_s)
+                    for i, b, d in zip(ids, bodies, dedup_ids, strict=True)
+                ]
             conn.executemany(
                 "INSERT INTO messages (queue, id, body, sent_at, visible_at) VALUES (?,?,?,?,?)",
-                rows,
+                [(self.queue, i, b, now, now + delay_s) for i, b in zip(ids, bodies, strict=True)],
             )
         return ids
+
+    def _insert_unless_queued(
+        self, conn: sqlite3.Connection, message_id: str, body: str, dedup_id: str, visible_at: float
+    ) -> str:
+        """Insert unless a live message holds `dedup_id`; returns the id of the message queued."""
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO messages (queue, id, body, sent_at, visible_at, dedup_id) "
+            "VALUES (?,?,?,?,?,?)",
+            (self.queue, message_id, body, time.time(), visible_at, dedup_id),
+        )
+        if cur.rowcount == 1:
+            return message_id
+        row = conn.execute(
+            "SELECT id FROM messages WHERE queue = ? AND dedup_id = ?", (self.queue, dedup_id)
+        ).fetchone()
+        return str(row[0])
 
     # -- receive -----------------------------------------------------------------------------
 
@@ -218,9 +271,11 @@ class SqliteBroker(Broker):
     def _move_to_dead(self, conn: sqlite3.Connection, rows: list[_Row], now: float) -> None:
         reason = f"exceeded max_receives={self.max_receives}"
         conn.executemany(
-            "INSERT INTO dead_letters (queue, id, body, reason, receive_count, sent_at, dead_at) "
-            "VALUES (?,?,?,?,?,?,?)",
-            [(self.queue, r[1], r[2], reason, r[3], r[4], now) for r in rows],
+            "INSERT INTO dead_letters "
+            "(queue, id, body, reason, receive_count, sent_at, dead_at, dedup_id) "
+            "SELECT queue, id, body, ?, receive_count, sent_at, ?, dedup_id FROM messages "
+            "WHERE seq = ?",
+            [(reason, now, r[0]) for r in rows],
         )
         conn.executemany("DELETE FROM messages WHERE seq = ?", [(r[0],) for r in rows])
 
@@ -280,8 +335,9 @@ class SqliteBroker(Broker):
         with self._write() as conn:
             now = time.time()
             cur = conn.execute(
-                "INSERT INTO dead_letters (queue, id, body, reason, receive_count, sent_at, dead_at) "
-                "SELECT queue, id, body, ?, receive_count, sent_at, ? FROM messages "
+                "INSERT INTO dead_letters "
+                "(queue, id, body, reason, receive_count, sent_at, dead_at, dedup_id) "
+                "SELECT queue, id, body, ?, receive_count, sent_at, ?, dedup_id FROM messages "
                 "WHERE seq = ? AND receipt = ? AND visible_at > ?",
                 (reason, now, seq, token, now),
             )
@@ -304,13 +360,14 @@ class SqliteBroker(Broker):
         with self._write() as conn:
             now = time.time()
             rows = conn.execute(
-                "SELECT seq, id, body, sent_at FROM dead_letters WHERE queue = ? ORDER BY seq "
-                "LIMIT ?",
+                "SELECT seq, id, body, sent_at, dedup_id FROM dead_letters WHERE queue = ? "
+                "ORDER BY seq LIMIT ?",
                 (self.queue, -1 if limit is None else limit),
             ).fetchall()
-            conn.executemany(
-                "INSERT INTO messages (queue, id, body, sent_at, visible_at) VALUES (?,?,?,?,?)",
-                [(self.queue, r[1], r[2], r[3], now) for r in rows],
+            conn.executemany(  # a live message with the same dedup id stands for this one
+                "INSERT OR IGNORE INTO messages (queue, id, body, sent_at, visible_at, dedup_id) "
+                "VALUES (?,?,?,?,?,?)",
+                [(self.queue, r[1], r[2], r[3], now, r[4]) for r in rows],
             )
             conn.executemany("DELETE FROM dead_letters WHERE seq = ?", [(r[0],) for r in rows])
         return len(rows)

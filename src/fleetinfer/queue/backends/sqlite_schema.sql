@@ -10,7 +10,8 @@ CREATE TABLE IF NOT EXISTS messages (
     sent_at       REAL    NOT NULL,
     visible_at    REAL    NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0,
-    receipt       TEXT
+    receipt       TEXT,
+    dedup_id      TEXT  -- one live message per (queue, dedup_id): index made by the broker
 );
 CREATE INDEX IF NOT EXISTS messages_by_visibility ON messages (queue, visible_at);
 
@@ -22,6 +23,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason        TEXT    NOT NULL,
     receive_count INTEGER NOT NULL,
     sent_at       REAL    NOT NULL,
-    dead_at       REAL    NOT NULL
+    dead_at       REAL    NOT NULL,
+    dedup_id      TEXT
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_queue ON dead_letters (queue, seq);

@@ -51,6 +51,7 @@ from fleetinfer.queue.base import (
     Message,
     QueueStats,
     check_body_size,
+    check_dedup_ids,
     check_delay,
     check_receive_args,
     raise_if_stale,
@@ -212,7 +213,16 @@ class SqsBroker(Broker):
 
     # -- send --------------------------------------------------------------------------------
 
-    def send_raw_batch(self, bodies: Sequence[str], *, delay_s: float = 0.0) -> list[str]:
+    def send_raw_batch(
+        self,
+        bodies: Sequence[str],
+        *,
+        delay_s: float = 0.0,
+        dedup_ids: Sequence[str] | None = None,
+    ) -> list[str]:
+        """A standard queue has no deduplication: `dedup_ids` are checked, then every body is
+        sent (the worker skips a task whose result already succeeded)."""
+        check_dedup_ids(bodies, dedup_ids)
         check_delay(delay_s)
         for body in bodies:
             check_body_size(body)

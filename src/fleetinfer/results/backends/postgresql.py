@@ -21,6 +21,8 @@ from fleetinfer.results.rows import (
     DEFAULT_TABLE,
     check_batch_size,
     check_table_name,
+    filter_clause,
+    payload_mode,
     result_from_row,
     result_row,
     split_options,
@@ -59,9 +61,17 @@ def _translate_psycopg_errors(url: str) -> Iterator[None]:
 class PostgresResultStore(ResultStore):
     """Results in one PostgreSQL table."""
 
-    def __init__(self, conninfo: str, *, table: str = DEFAULT_TABLE, url: str | None = None):
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        table: str = DEFAULT_TABLE,
+        url: str | None = None,
+        keep_payload: bool = True,
+    ):
         self.url = url or conninfo
         self.table = check_table_name(self.url, table)
+        self.keep_payload = keep_payload
         self._conninfo = conninfo
         self._lock = threading.RLock()
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
@@ -71,16 +81,21 @@ class PostgresResultStore(ResultStore):
 
     @classmethod
     def from_url(cls, url: str) -> PostgresResultStore:
-        """Open `postgresql://user@host:port/db?table=name`."""
+        """Open `postgresql://user@host:port/db?table=name&payload=full|sha256`."""
         parts = urlsplit(url)
-        options, rest = split_options(url, parts.query, ("table",))
+        options, rest = split_options(url, parts.query, ("table", "payload"))
         conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, rest, parts.fragment))
         if not parts.netloc and not parts.path.strip("/"):
             raise ConfigError(
                 f"PostgreSQL URL {url!r} names no server or database: expected "
                 "postgresql://user@host:5432/dbname?table=name"
             )
-        return cls(conninfo, table=options.get("table", DEFAULT_TABLE), url=url)
+        return cls(
+            conninfo,
+            table=options.get("table", DEFAULT_TABLE),
+            url=url,
+            keep_payload=payload_mode(url, options) == "full",
+        )
 
     def _sql(self, template: str) -> Any:
         from psycopg import sql
@@ -110,12 +125,13 @@ class PostgresResultStore(ResultStore):
             yield self._connection()
 
     def put(self, result: TaskResult) -> bool:
-        row = result_row(result)
+        row = result_row(result, keep_payload=self.keep_payload)
         with self._db() as conn:
             cur = conn.execute(
                 self._sql(
                     f"INSERT INTO {{table}} ({COLUMNS}) "
-                    "VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s) " + upsert_clause("{table}")
+                    "VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s::jsonb, %s) "
+                    + upsert_clause("{table}")
                 ),
                 row,
             )
@@ -126,7 +142,7 @@ class PostgresResultStore(ResultStore):
             row = conn.execute(
                 self._sql(f"SELECT {COLUMNS} FROM {{table}} WHERE task_id = %s"), (task_id,)
             ).fetchone()
-        return None if row is None else result_from_row(row, row[3])
+        return None if row is None else result_from_row(row, row[3], row[9])
 
     def count(self, status: TaskStatus | None = None) -> int:
         with self._db() as conn:
@@ -139,19 +155,26 @@ class PostgresResultStore(ResultStore):
                 ).fetchone()
         return 0 if row is None else int(row[0])
 
-    def iter_results(self, *, batch_size: int = 1000) -> Iterator[TaskResult]:
+    def iter_results(
+        self,
+        *,
+        batch_size: int = 1000,
+        status: TaskStatus | None = None,
+        task_name: str | None = None,
+    ) -> Iterator[TaskResult]:
         check_batch_size(batch_size)
+        where, params = filter_clause(status, task_name, "%s")
         after = ""
         while True:
             with self._db() as conn:
                 rows = conn.execute(
                     self._sql(
-                        f"SELECT {COLUMNS} FROM {{table}} WHERE task_id > %s "
+                        f"SELECT {COLUMNS} FROM {{table}} WHERE task_id > %s{where} "
                         "ORDER BY task_id LIMIT %s"
                     ),
-                    (after, batch_size),
+                    (after, *params, batch_size),
                 ).fetchall()
-            yield from (result_from_row(row, row[3]) for row in rows)
+            yield from (result_from_row(row, row[3], row[9]) for row in rows)
             if len(rows) < batch_size:
                 return
             after = rows[-1][0]

@@ -10,6 +10,11 @@ CREATE TABLE IF NOT EXISTS {table} (
     worker      TEXT             NOT NULL,
     started_at  DOUBLE PRECISION NOT NULL,
     finished_at DOUBLE PRECISION NOT NULL,
-    stored_at   TIMESTAMPTZ      NOT NULL DEFAULT now()
+    stored_at   TIMESTAMPTZ      NOT NULL DEFAULT now(),
+    payload     JSONB,           -- NULL when the store keeps only the payload's hash
+    payload_sha256 TEXT          -- sha256 of the payload's canonical JSON
 );
+-- Migration of a table made before payloads were kept.
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS payload JSONB;
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS payload_sha256 TEXT;
 CREATE INDEX IF NOT EXISTS {index} ON {table} (status);

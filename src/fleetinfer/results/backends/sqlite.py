@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from fleetinfer.errors import ConfigError, StoreUnavailableError
@@ -25,6 +26,8 @@ from fleetinfer.results.rows import (
     DEFAULT_TABLE,
     check_batch_size,
     check_table_name,
+    filter_clause,
+    payload_mode,
     result_from_row,
     result_row,
     split_options,
@@ -55,15 +58,40 @@ def _path_from_url(url: str) -> Path:
     return Path(path[1:])
 
 
+def _add_payload_columns(conn: sqlite3.Connection, table: str) -> None:
+    """Migrate a table made before payloads were kept: add the two payload columns."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
+        for column in ("payload", "payload_sha256"):
+            if column not in columns:
+                conn.execute(f'ALTER TABLE "{table}" ADD COLUMN {column} TEXT')
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _decoded(row: tuple[Any, ...]) -> TaskResult:
+    payload = None if row[9] is None else json.loads(row[9])
+    return result_from_row(row, json.loads(row[3]), payload)
+
+
 class SqliteResultStore(ResultStore):
     """Results in one table of one SQLite file."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, table: str = DEFAULT_TABLE, url: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        table: str = DEFAULT_TABLE,
+        url: str | None = None,
+        keep_payload: bool = True,
     ) -> None:
         self.path = Path(path)
         self.url = url or f"sqlite:///{self.path}?table={table}"
         self.table = check_table_name(self.url, table)
+        self.keep_payload = keep_payload
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
@@ -71,13 +99,19 @@ class SqliteResultStore(ResultStore):
 
     @classmethod
     def from_url(cls, url: str) -> SqliteResultStore:
-        """Open `sqlite:///results.db?table=name`."""
-        options, rest = split_options(url, urlsplit(url).query, ("table",))
+        """Open `sqlite:///results.db?table=name&payload=full|sha256`."""
+        options, rest = split_options(url, urlsplit(url).query, ("table", "payload"))
         if rest:
             raise ConfigError(
-                f"results store {url!r} has unknown options {rest!r}: the accepted option is table"
+                f"results store {url!r} has unknown options {rest!r}: the accepted options are "
+                "table and payload"
             )
-        return cls(_path_from_url(url), table=options.get("table", DEFAULT_TABLE), url=url)
+        return cls(
+            _path_from_url(url),
+            table=options.get("table", DEFAULT_TABLE),
+            url=url,
+            keep_payload=payload_mode(url, options) == "full",
+        )
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
@@ -87,13 +121,19 @@ class SqliteResultStore(ResultStore):
 
     def _connect(self) -> sqlite3.Connection:
         with _translate_sqlite_errors(self.url):
-            return connect_wal(
+            conn = connect_wal(
                 self.path,
                 what=f"SQLite results store {self.url!r}",
                 schema_sql=SCHEMA_SQL.format(
                     table=f'"{self.table}"', index=f'"{self.table}_by_status"'
                 ),
             )
+            try:
+                _add_payload_columns(conn, self.table)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -101,11 +141,11 @@ class SqliteResultStore(ResultStore):
             yield self._connection()
 
     def put(self, result: TaskResult) -> bool:
-        row = (*result_row(result), time.time())
+        row = (*result_row(result, keep_payload=self.keep_payload), time.time())
         with self._db() as conn:
             cur = conn.execute(
                 f'INSERT INTO "{self.table}" ({COLUMNS}, stored_at) '
-                "VALUES (?,?,?,?,?,?,?,?,?,?) " + upsert_clause(f'"{self.table}"'),
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?) " + upsert_clause(f'"{self.table}"'),
                 row,
             )
         return cur.rowcount == 1
@@ -115,7 +155,7 @@ class SqliteResultStore(ResultStore):
             row = conn.execute(
                 f'SELECT {COLUMNS} FROM "{self.table}" WHERE task_id = ?', (task_id,)
             ).fetchone()
-        return None if row is None else result_from_row(row, json.loads(row[3]))
+        return None if row is None else _decoded(row)
 
     def count(self, status: TaskStatus | None = None) -> int:
         with self._db() as conn:
@@ -128,17 +168,24 @@ class SqliteResultStore(ResultStore):
                 ).fetchone()
         return int(row[0])
 
-    def iter_results(self, *, batch_size: int = 1000) -> Iterator[TaskResult]:
+    def iter_results(
+        self,
+        *,
+        batch_size: int = 1000,
+        status: TaskStatus | None = None,
+        task_name: str | None = None,
+    ) -> Iterator[TaskResult]:
         check_batch_size(batch_size)
+        where, params = filter_clause(status, task_name, "?")
         after = ""
         while True:
             with self._db() as conn:
                 rows = conn.execute(
-                    f'SELECT {COLUMNS} FROM "{self.table}" WHERE task_id > ? '
+                    f'SELECT {COLUMNS} FROM "{self.table}" WHERE task_id > ?{where} '
                     "ORDER BY task_id LIMIT ?",
-                    (after, batch_size),
+                    (after, *params, batch_size),
                 ).fetchall()
-            yield from (result_from_row(row, json.loads(row[3])) for row in rows)
+            yield from (_decoded(row) for row in rows)
             if len(rows) < batch_size:
                 return
             after = rows[-1][0]

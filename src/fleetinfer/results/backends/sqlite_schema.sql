@@ -1,5 +1,6 @@
 -- fleetinfer SQLite results store: one row per task id; the first success wins (a failure gives way to a later success).
 -- {table} is replaced by a validated, quoted identifier. value is JSON text.
+-- A table made before payloads were kept gets its payload columns from the store (ALTER TABLE).
 CREATE TABLE IF NOT EXISTS {table} (
     task_id     TEXT    PRIMARY KEY,
     task_name   TEXT    NOT NULL,
@@ -10,6 +11,8 @@ CREATE TABLE IF NOT EXISTS {table} (
     worker      TEXT    NOT NULL,
     started_at  REAL    NOT NULL,
     finished_at REAL    NOT NULL,
-    stored_at   REAL    NOT NULL
+    stored_at   REAL    NOT NULL,
+    payload     TEXT,   -- the payload as JSON text; NULL when the store keeps only its hash
+    payload_sha256 TEXT -- sha256 of the payload's canonical JSON
 );
 CREATE INDEX IF NOT EXISTS {index} ON {table} (status);

@@ -2,11 +2,11 @@
 -- promote due delayed sends into the stream, reclaim expired leases and due retries (XCLAIM:
 -- the PEL delivery counter counts each delivery), dead-letter entries whose delivery count
 -- reached max_receives (ARGV[5]) instead of delivering them, then read new entries.
--- KEYS: stream, inflight, retry, delayed, delayed_bodies, dead, receipts
+-- KEYS: stream, inflight, retry, delayed, delayed_bodies, dead, receipts, dedup
 -- ARGV: group, consumer, count, visibility_ms, max_receives, token_1 .. token_count
 -- Returns { {entry_id, fields, receive_count, token}, ... }
-local stream, inflight, retry, delayed, bodies, dead, receipts =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local stream, inflight, retry, delayed, bodies, dead, receipts, dedup =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local group, consumer = ARGV[1], ARGV[2]
 local count, visibility_ms, max_receives = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local t = redis.call('TIME')
@@ -15,13 +15,19 @@ local out, next_token = {}, 6
 
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)) do
   local payload = redis.call('HGET', bodies, id)
+  local dedup_id = redis.call('HGET', bodies, id .. ':dedup')
   if payload then
     local nl = string.find(payload, '\n', 1, true)
-    redis.call('XADD', stream, '*', 'id', id, 'body', string.sub(payload, nl + 1),
-      'sent_at', string.sub(payload, 1, nl - 1))
+    local fields = { 'id', id, 'body', string.sub(payload, nl + 1),
+      'sent_at', string.sub(payload, 1, nl - 1) }
+    if dedup_id then
+      fields[#fields + 1] = 'dedup'
+      fields[#fields + 1] = dedup_id
+    end
+    redis.call('XADD', stream, '*', unpack(fields))
   end
   redis.call('ZREM', delayed, id)
-  redis.call('HDEL', bodies, id)
+  redis.call('HDEL', bodies, id, id .. ':dedup')
 end
 
 local function lease(entry_id, fields, deliveries)
@@ -39,7 +45,8 @@ local function bury(entry_id, deliveries)
     for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
     redis.call('XADD', dead, '*', 'id', f['id'], 'body', f['body'], 'sent_at', f['sent_at'],
       'reason', 'exceeded max_receives=' .. ARGV[5], 'receive_count', deliveries,
-      'dead_at', string.format('%.3f', now / 1000))
+      'dead_at', string.format('%.3f', now / 1000), 'dedup', f['dedup'] or '')
+    if f['dedup'] then redis.call('HDEL', dedup, f['dedup']) end
   end
   redis.call('XACK', stream, group, entry_id)
   redis.call('XDEL', stream, entry_id)

@@ -1,13 +1,14 @@
 -- Settle deliveries by receipt, atomically. A receipt (entry_id, token) holds its message while
 -- the receipts hash maps entry_id to token and the lease in `inflight` has not expired.
--- KEYS: stream, inflight, retry, dead, receipts
+-- KEYS: stream, inflight, retry, dead, receipts, dedup
 -- ARGV: op, group, arg, entry_id_1, token_1, entry_id_2, token_2, ...
 --   op 'ack'     delete the messages                      (arg unused)
 --   op 'release' visible again after arg milliseconds     (stays in the PEL; counted on reclaim)
 --   op 'extend'  lease ends arg milliseconds from now
 --   op 'dead'    move to the dead-letter stream, reason = arg
 -- Returns the 1-based positions of the receipts that no longer held their message.
-local stream, inflight, retry, dead, receipts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local stream, inflight, retry, dead, receipts, dedup =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local op, group, arg = ARGV[1], ARGV[2], ARGV[3]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -19,7 +20,20 @@ local function holds(entry_id, token)
   return deadline and tonumber(deadline) > now
 end
 
+local function fields_of(entry_id)
+  local entry = redis.call('XRANGE', stream, entry_id, entry_id)[1]
+  local f = {}
+  if entry then
+    for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
+  end
+  return f
+end
+
 local function drop(entry_id)
+  if redis.call('HLEN', dedup) > 0 then  -- only sends with dedup ids need the entry read
+    local dedup_id = fields_of(entry_id)['dedup']
+    if dedup_id then redis.call('HDEL', dedup, dedup_id) end
+  end
   redis.call('XACK', stream, group, entry_id)
   redis.call('XDEL', stream, entry_id)
   redis.call('ZREM', inflight, entry_id)
@@ -27,13 +41,11 @@ local function drop(entry_id)
 end
 
 local function bury(entry_id)
-  local entry = redis.call('XRANGE', stream, entry_id, entry_id)[1]
   local pending = redis.call('XPENDING', stream, group, entry_id, entry_id, 1)[1]
-  local f = {}
-  for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
+  local f = fields_of(entry_id)
   redis.call('XADD', dead, '*', 'id', f['id'], 'body', f['body'], 'sent_at', f['sent_at'],
     'reason', arg, 'receive_count', pending and pending[4] or 0,
-    'dead_at', string.format('%.3f', now / 1000))
+    'dead_at', string.format('%.3f', now / 1000), 'dedup', f['dedup'] or '')
   drop(entry_id)
 end
 

@@ -1,6 +1,6 @@
 """roadchange as fleetinfer tasks: one task per road segment, the model reached through the node.
 
-    fleetinfer run roadchange.tasks:check_segment --models src/roadchange/models
+    fleetinfer run roadchange.tasks:check_segment --models roadchange/src/roadchange/models
 
 The payload is `{"path": "<segment file>"}`, optionally with `"max_batch"` (windows per model
 call, an integer >= 1) and `"model"` (the model's name in the repository, default `"cdnet"`; the

@@ -1,6 +1,8 @@
-"""The roadchange adapter: CDNet calibration windows and the segment-pipeline evaluation.
+"""roadchange's compile task plugin: CDNet calibration windows and the segment-pipeline evaluation.
 
-roadchange is imported lazily, inside these classes: fleetinfer itself never depends on it.
+Registered as `roadchange` in the entry-point group `fleetinfer.compile.tasks` (see
+roadchange/pyproject.toml), so `fleetinfer compile --calibration roadchange --evaluation
+roadchange` finds it without fleetinfer importing roadchange.
 
 - `RoadchangeCalibration`: rasterized windows of generated segments (validation seed 900 by
   default: never an evaluation seed), one window per input dict, batch 1.
@@ -92,3 +94,16 @@ class RoadchangeEvaluator:
             "accuracy": report.accuracy,
             "remap_f1": report.remap_f1,
         }
+
+
+class RoadchangePlugin:
+    """What `fleetinfer.compile.plugins.load_plugin("roadchange")` returns."""
+
+    def calibration(self, *, segments: int) -> RoadchangeCalibration:
+        return RoadchangeCalibration(segments=segments)
+
+    def evaluator(self, *, segments: int, seed: int) -> RoadchangeEvaluator:
+        return RoadchangeEvaluator(segments=segments, seed=seed)
+
+
+PLUGIN = RoadchangePlugin()
