@@ -7,7 +7,6 @@ processes leave exactly one row, the first.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -25,6 +24,7 @@ from fleetinfer.results.rows import (
     DEFAULT_TABLE,
     check_batch_size,
     check_table_name,
+    decode_value,
     result_from_row,
     result_row,
     split_options,
@@ -115,7 +115,7 @@ class SqliteResultStore(ResultStore):
             row = conn.execute(
                 f'SELECT {COLUMNS} FROM "{self.table}" WHERE task_id = ?', (task_id,)
             ).fetchone()
-        return None if row is None else result_from_row(row, json.loads(row[3]))
+        return None if row is None else result_from_row(row, decode_value(row))
 
     def count(self, status: TaskStatus | None = None) -> int:
         with self._db() as conn:
@@ -138,7 +138,7 @@ class SqliteResultStore(ResultStore):
                     "ORDER BY task_id LIMIT ?",
                     (after, batch_size),
                 ).fetchall()
-            yield from (result_from_row(row, json.loads(row[3])) for row in rows)
+            yield from (result_from_row(row, decode_value(row)) for row in rows)
             if len(rows) < batch_size:
                 return
             after = rows[-1][0]

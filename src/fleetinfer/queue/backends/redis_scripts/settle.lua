@@ -31,7 +31,9 @@ local function bury(entry_id)
   local pending = redis.call('XPENDING', stream, group, entry_id, entry_id, 1)[1]
   local f = {}
   for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
-  redis.call('XADD', dead, '*', 'id', f['id'], 'body', f['body'], 'sent_at', f['sent_at'],
+  -- an entry written by anyone with access to Redis may lack fields: bury it all the same
+  redis.call('XADD', dead, '*', 'id', f['id'] or entry_id, 'body', f['body'] or '',
+    'sent_at', f['sent_at'] or '0',
     'reason', arg, 'receive_count', pending and pending[4] or 0,
     'dead_at', string.format('%.3f', now / 1000))
   drop(entry_id)
