@@ -3,6 +3,7 @@ first receive (no worker crash, no redelivery), and the good tasks around them s
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from fleetinfer.queue import open_broker
@@ -35,6 +36,15 @@ def test_hostile_messages_are_dead_lettered_on_their_first_receive(tmp_path: Pat
     with open_broker(queue_url) as broker, open_store(results_url) as store:
         for body in HOSTILE:
             broker.send_raw(body)
+        # bytes that are not UTF-8, written into the queue's file by something else
+        placeholder = broker.send_raw("{}")
+        with sqlite3.connect(tmp_path / "queue.db") as conn:
+            conn.execute(
+                "UPDATE messages SET body = CAST(X'7b2276223a312c226964223a22ff227d' AS TEXT) "
+                "WHERE id = ?",
+                (placeholder,),
+            )
+        conn.close()
         good = send_tasks(broker, "square", [{"x": i} for i in range(3)])
         node = NodeProcess(
             "tests.apps.jobs:app", queue_url, results_url, "--workers", "1",
@@ -46,9 +56,10 @@ def test_hostile_messages_are_dead_lettered_on_their_first_receive(tmp_path: Pat
             node.close()
         stopped = node.event("stopped")
         dead = broker.dead_letters()
-        assert len(dead) == len(HOSTILE), [d.reason for d in dead]
+        assert len(dead) == len(HOSTILE) + 1, [d.reason for d in dead]
         assert all(d.reason.startswith("MalformedMessageError") for d in dead), dead
         assert all(d.receive_count == 1 for d in dead), [d.receive_count for d in dead]
         assert stopped["restarts"] == 0
-        assert stopped["outcomes"]["malformed"] == len(HOSTILE)
+        assert stopped["outcomes"]["malformed"] == len(HOSTILE) + 1
+        assert '{"v":1,"id":"\ufffd"}' in {d.body for d in dead}
         assert [store.get(i).status for i in good] == [TaskStatus.SUCCEEDED] * 3  # type: ignore[union-attr]
