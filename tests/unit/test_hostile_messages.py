@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from fleetinfer.errors import InputError, MalformedMessageError
+from fleetinfer.node.preemption import describe_notice
 from fleetinfer.queue import open_broker
 from fleetinfer.queue.base import Message, encode_body
 from fleetinfer.results import TaskResult, TaskStatus, open_store
@@ -181,3 +182,14 @@ def test_a_redis_entry_written_by_someone_else_comes_back_and_is_dead_lettered(
         assert len(dead) == 2
         assert {d.reason for d in dead} == {"MalformedMessageError: test"}
         assert "only-an-id" in {d.id for d in dead}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * DEEP + b"]" * DEEP, b'{"a": ' * DEEP + b"1" + b"}" * DEEP, b"\xff\xfe", b"1" * 5000],
+)
+def test_a_hostile_spot_notice_is_described_not_raised(body: bytes) -> None:
+    """The node drains on any notice: describing it must not fail, whatever its body."""
+    text = describe_notice(body)
+    assert text.startswith("spot interruption notice: ")
+    assert len(text) < 200
