@@ -333,7 +333,7 @@ class TritonModelClient(ModelClient):
         response, payload = self._exchange("POST", path, body, headers)
         kserve.raise_for_status(response, payload, model)
         length = response.getheader(kserve.HEADER_LENGTH)
-        outputs = kserve.decode_response(payload, int(length) if length else None)
+        outputs = kserve.decode_response(payload, length)
         return self._declared_shapes(model, outputs)
 
     def _declared_shapes(self, model: str, outputs: Tensors) -> Tensors:

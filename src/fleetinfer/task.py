@@ -34,6 +34,7 @@ from fleetinfer.errors import (
     MalformedMessageError,
     UnknownTaskError,
 )
+from fleetinfer.untrusted import check_json_depth, decode_json
 
 if TYPE_CHECKING:
     from fleetinfer.client import ModelHandle
@@ -75,24 +76,26 @@ class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def encode(self) -> str:
         """The JSON text of this envelope."""
         try:
-            return msgspec.json.encode(self).decode("utf-8")
-        except (TypeError, msgspec.EncodeError) as exc:
+            data = msgspec.json.encode(self)
+        except (TypeError, ValueError, RecursionError, msgspec.EncodeError) as exc:
             raise MalformedMessageError(
                 f"payload of task {self.task!r} is not JSON-serializable ({exc}): "
                 "send plain dicts, lists, strings and numbers"
             ) from exc
+        check_json_depth(data, what=f"the envelope of task {self.task!r}")  # decodable
+        return data.decode("utf-8")
 
     @classmethod
     def decode(cls, text: str | bytes) -> Envelope:
-        """Parse a message body; anything but a version-1 envelope raises MalformedMessageError."""
-        try:
-            envelope = msgspec.json.decode(text, type=cls)
-        except msgspec.DecodeError as exc:
-            shown = text[:80] if isinstance(text, str) else text[:80].decode("utf-8", "replace")
-            raise MalformedMessageError(
-                f"message is not a task envelope ({exc}): expected "
-                f'{{"v": 1, "id": "<task id>", "task": "<name>", "payload": ...}}, got {shown!r}'
-            ) from exc
+        """Parse a message body; anything but a version-1 envelope raises MalformedMessageError
+        (hostile bodies too: nesting deeper than `MAX_JSON_DEPTH`, numbers out of range, bad
+        UTF-8, any failure of the parser), so the worker dead-letters it on its first receive."""
+        envelope = decode_json(
+            text,
+            what="message",
+            into=cls,
+            expected='a task envelope {"v": 1, "id": "<task id>", "task": "<name>", "payload": ...}',
+        )
         if envelope.v != ENVELOPE_VERSION:
             raise MalformedMessageError(
                 f"task envelope {envelope.id!r} has version {envelope.v}, this worker reads "

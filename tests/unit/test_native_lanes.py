@@ -206,3 +206,26 @@ def _exactly(sock: socket.socket, n: int) -> bytes:
         assert chunk, "connection closed"
         data += chunk
     return data
+
+
+def test_a_connection_that_ended_gives_its_lane_back_even_while_still_referenced(
+    client: SharedModelClient, server: ModelServer
+) -> None:
+    """The lane forgets its kept requests, gives its buffer pages back and forgets its socket
+    when the connection ends, not when the object goes (benchmarks/connect_churn.py measures
+    what it saves); serving on it afterwards is a closed connection, never another's socket."""
+    kept_call(client)
+    lane = connection_of(server).lane
+    assert lane is not None
+    assert lane.kept() > 0
+    client.close()
+    deadline = time.monotonic() + 10
+    while server.connection_count() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.connection_count() == 0
+    assert lane.kept() == 0
+    with pytest.raises(EOFError, match="closed"):
+        lane.serve()
+    lane.close()  # twice is harmless
+    with pytest.raises(EOFError):
+        lane.serve()

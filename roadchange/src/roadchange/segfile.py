@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import struct
 import zipfile
@@ -24,14 +25,20 @@ import numpy as np
 import numpy.typing as npt
 
 from roadchange.drives import LINE_CLASSES, Drive, MarkedRoad, Polylines
-from roadchange.errors import SegmentFileError
+from roadchange.errors import SegmentFileError, SegmentTooLargeError
 from roadchange.world import CHANGE_TYPES, Label, RoadMap, Segment
 
 FORMAT_NAME = "roadchange-segment"
 FORMAT_VERSION = 1
 SUFFIX = ".npz"
-MAX_MEMBER_BYTES = 256 * 2**20
-"""Largest array a reader accepts (a segment's largest array is well under 1 MiB)."""
+MAX_MEMBER_BYTES = 16 * 2**20
+"""Most bytes one member may inflate to (a segment's largest array is well under 1 MiB)."""
+MAX_SEGMENT_BYTES = 64 * 2**20
+"""Most bytes a whole file may hold, and all its members together inflate to (a segment is
+under 1 MiB inflated); a file is never inflated past it, so reading one file never holds more."""
+MAX_MEMBERS = 1024
+"""Most members a file may list (a segment has 16 plus 5 per drive)."""
+_CHUNK_BYTES = 1 << 20
 
 _Arrays = dict[str, npt.NDArray[Any]]
 # name -> (dtype, rank); drive members are "drive.<i>.<name>".
@@ -130,18 +137,68 @@ def _drive_arrays(i: int, drive: Drive) -> _Arrays:
 
 
 def _load_members(path: Path) -> _Arrays:
-    """Every member of the archive, each CRC-checked by zipfile before numpy parses it."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise SegmentFileError(path, f"it cannot be opened ({e.strerror or e})") from e
+    """Every member of the archive, each CRC-checked by zipfile before numpy parses it; the
+    byte limits are checked on the sizes the archive declares, then again while inflating."""
+    data = _read_file(path)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            return {_member_name(info): _read_member(archive, info) for info in archive.infolist()}
+            infos = archive.infolist()
+            _check_declared(path, infos)
+            budget = _Budget(path)
+            return {_member_name(info): _read_member(archive, info, budget) for info in infos}
     except _ARCHIVE_ERRORS as e:
         raise SegmentFileError(
             path, f"it is not a complete {FORMAT_NAME} archive (truncated or corrupted: {e})"
         ) from e
+
+
+def _read_file(path: Path) -> bytes:
+    """The whole file, refused unread when it is larger than `MAX_SEGMENT_BYTES`."""
+    try:
+        with open(path, "rb") as f:
+            size_bytes = os.fstat(f.fileno()).st_size
+            if size_bytes <= MAX_SEGMENT_BYTES:
+                return f.read(size_bytes)  # a file that grew meanwhile fails its CRC checks
+    except OSError as e:
+        raise SegmentFileError(path, f"it cannot be opened ({e.strerror or e})") from e
+    raise SegmentTooLargeError(path, "the file", size_bytes, "MAX_SEGMENT_BYTES", MAX_SEGMENT_BYTES)
+
+
+def _check_declared(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    if len(infos) > MAX_MEMBERS:
+        raise SegmentFileError(path, f"it lists {len(infos)} members, above {MAX_MEMBERS}")
+    for info in infos:
+        if info.file_size > MAX_MEMBER_BYTES:
+            what = f"member {info.filename!r} (as declared)"
+            raise SegmentTooLargeError(
+                path, what, info.file_size, "MAX_MEMBER_BYTES", MAX_MEMBER_BYTES
+            )
+    total = sum(info.file_size for info in infos)
+    if total > MAX_SEGMENT_BYTES:
+        what = "the members together (as declared)"
+        raise SegmentTooLargeError(path, what, total, "MAX_SEGMENT_BYTES", MAX_SEGMENT_BYTES)
+
+
+class _Budget:
+    """What the members inflated so far may still add up to: counted chunk by chunk, so that
+    a member that inflates past a limit (whatever its header declared) is refused at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.used_bytes = 0
+
+    def take(self, info: zipfile.ZipInfo, member_bytes: int, chunk_bytes: int) -> None:
+        self.used_bytes += chunk_bytes
+        if member_bytes > MAX_MEMBER_BYTES:
+            what = f"member {info.filename!r}"
+            raise SegmentTooLargeError(
+                self.path, what, member_bytes, "MAX_MEMBER_BYTES", MAX_MEMBER_BYTES
+            )
+        if self.used_bytes > MAX_SEGMENT_BYTES:
+            what = "the members inflated so far"
+            raise SegmentTooLargeError(
+                self.path, what, self.used_bytes, "MAX_SEGMENT_BYTES", MAX_SEGMENT_BYTES
+            )
 
 
 _ARCHIVE_ERRORS = (
@@ -154,6 +211,7 @@ _ARCHIVE_ERRORS = (
     KeyError,
     NotImplementedError,  # zipfile: unknown compression or zip version (a flipped byte)
     RuntimeError,  # zipfile: "encrypted" flag (a flipped bit)
+    MemoryError,
 )
 
 
@@ -163,12 +221,41 @@ def _member_name(info: zipfile.ZipInfo) -> str:
     return info.filename.removesuffix(".npy")
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> npt.NDArray[Any]:
-    if info.file_size > MAX_MEMBER_BYTES:
-        raise ValueError(f"member {info.filename!r} claims {info.file_size} bytes")
-    raw = archive.read(info)  # raises BadZipFile on a CRC mismatch
-    array: npt.NDArray[Any] = np.load(io.BytesIO(raw), allow_pickle=False)
+def _read_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget
+) -> npt.NDArray[Any]:
+    raw = bytearray()
+    with archive.open(info) as member:  # CRC checked at its end: BadZipFile on a mismatch
+        while chunk := member.read(_CHUNK_BYTES):
+            budget.take(info, len(raw) + len(chunk), len(chunk))
+            raw += chunk
+    return _npy_array(info, raw)
+
+
+def _npy_array(info: zipfile.ZipInfo, raw: bytearray) -> npt.NDArray[Any]:
+    """The array of a `.npy` member, once its header's shape and dtype account for exactly
+    the bytes that follow (numpy would allocate what a header declares before reading)."""
+    stream = io.BytesIO(raw)
+    version = np.lib.format.read_magic(stream)
+    read_header = _NPY_HEADERS.get(version)
+    if read_header is None:
+        raise ValueError(f"member {info.filename!r} is .npy version {version}")
+    shape, _fortran, dtype = read_header(stream)
+    expected = math.prod(shape) * dtype.itemsize
+    if dtype.hasobject or expected != len(raw) - stream.tell():
+        raise ValueError(
+            f"member {info.filename!r} declares {dtype}{list(shape)} ({expected} bytes) "
+            f"but holds {len(raw) - stream.tell()} bytes"
+        )
+    stream.seek(0)
+    array: npt.NDArray[Any] = np.load(stream, allow_pickle=False)
     return array
+
+
+_NPY_HEADERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
 
 
 def _decode(arrays: _Arrays) -> Segment:
@@ -201,8 +288,8 @@ def _decode_header(arrays: _Arrays) -> dict[str, Any]:
         raise ValueError("the 'header' member is missing or not a uint8 byte string")
     try:
         header = json.loads(raw.tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"the header is not UTF-8 JSON: {e}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # deep nesting too
+        raise ValueError(f"the header is not UTF-8 JSON: {e!r:.200}") from e
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ValueError(f"the header does not declare format {FORMAT_NAME!r}")
     if header.get("format_version") != FORMAT_VERSION:

@@ -163,8 +163,8 @@ def describe_notice(body: bytes) -> str:
     """`spot interruption notice: terminate at 2026-…` from the notice's JSON body."""
     try:
         notice: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep: shown as it came
         return f"spot interruption notice: {body[:100]!r}"
     if not isinstance(notice, dict):
-        return f"spot interruption notice: {notice!r}"
+        return f"spot interruption notice: {notice!r:.100}"
     return f"spot interruption notice: {notice.get('action', '?')} at {notice.get('time', '?')}"

@@ -270,7 +270,7 @@ class Worker:
     # -- decode ------------------------------------------------------------------------------
 
     def _decode(self, message: Message) -> tuple[Envelope, Task]:
-        size_bytes = len(message.body.encode("utf-8"))
+        size_bytes = len(message.body.encode("utf-8", "surrogatepass"))  # bad text: decode says
         if size_bytes > self.config.max_message_bytes:
             raise PayloadTooLargeError("message body", size_bytes, self.config.max_message_bytes)
         envelope = Envelope.decode(message.body)

@@ -23,6 +23,7 @@ from fleetinfer.errors import (
     PayloadTooLargeError,
     ReceiptExpiredError,
 )
+from fleetinfer.untrusted import as_utf8, decode_json
 
 MAX_MESSAGE_BYTES = 256 * 1024
 DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
@@ -48,13 +49,7 @@ class Message:
 
     def json(self) -> JsonValue:
         """Decode the body; a body that is not JSON raises `MalformedMessageError`."""
-        try:
-            return json.loads(self.body)
-        except json.JSONDecodeError as exc:
-            raise MalformedMessageError(
-                f"message {self.id} is not valid JSON ({exc.msg} at position {exc.pos}): "
-                f"expected a JSON task envelope, got {self.body[:80]!r}"
-            ) from exc
+        return decode_json(self.body, what=f"message {self.id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +86,7 @@ def encode_body(body: JsonValue) -> str:
     """Encode a JSON value as a message body, enforcing the size limit."""
     try:
         text = json.dumps(body, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise MalformedMessageError(f"message body is not JSON-serializable: {exc}") from exc
     check_body_size(text)
     return text
@@ -104,7 +99,7 @@ def check_body_size(text: str, limit_bytes: int = MAX_MESSAGE_BYTES) -> None:
             f"a raw message body must be text (str), got {type(text).__name__}: use send() for "
             "JSON values, or decode bytes first"
         )
-    size = len(text.encode("utf-8"))
+    size = len(as_utf8(text, what="message body"))
     if size > limit_bytes:
         raise PayloadTooLargeError("message body", size, limit_bytes)
 

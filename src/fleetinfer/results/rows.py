@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 from fleetinfer.errors import ConfigError, InputError
 from fleetinfer.payloads import canonical_json, payload_sha256
 from fleetinfer.results.base import TaskResult, TaskStatus
+from fleetinfer.untrusted import check_json_depth, decode_json
 
 DEFAULT_TABLE = "fleetinfer_results"
 PAYLOAD_MODES = ("full", "sha256")
@@ -93,12 +94,20 @@ def check_result(result: TaskResult) -> TaskStatus:
 def encode_value(result: TaskResult) -> str:
     """The value as JSON text; a value JSON cannot hold raises `InputError`."""
     try:
-        return json.dumps(result.value, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(result.value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InputError(
             f"result {result.task_id!r}: value is not JSON-serializable ({exc}): return dicts, "
             "lists, strings, numbers, booleans or None from tasks"
         ) from exc
+    check_json_depth(text.encode(), what=f"result {result.task_id!r}: value")  # readable back
+    return text
+
+
+def decode_value(row: tuple[Any, ...]) -> Any:
+    """The JSON value column of a stored row; a row that is not JSON raises
+    `MalformedMessageError` naming the task id (the store was written by something else)."""
+    return decode_json(row[3], what=f"the stored value of task {row[0]!r}")
 
 
 def result_from_row(row: tuple[Any, ...], value: Any, payload: Any) -> TaskResult:

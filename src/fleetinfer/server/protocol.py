@@ -159,7 +159,7 @@ def decode(kind: type[T], body: bytes | memoryview) -> T:
         decoder = _DECODERS[kind] = msgspec.msgpack.Decoder(kind)
     try:
         result: T = decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:  # bad UTF-8 too
+    except Exception as exc:  # every failure: bad UTF-8, RecursionError on deep nesting, ...
         raise MalformedMessageError(
             f"message body is not a valid {kind.__name__}: {exc}; "
             "client and server must run the same fleetinfer protocol version"

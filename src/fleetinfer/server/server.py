@@ -517,7 +517,7 @@ class Connection:
     def _cleanup(self) -> None:
         self.server.forget(self)
         if self.lane is not None:
-            self.lane.clear()  # its layouts hold executors, which a reload may have retired
+            self.lane.close()  # its layouts hold executors (a reload may retire them); its pages
         if self.region is not None:
             self.region.close()
             self.region = None

@@ -98,7 +98,20 @@ def _age_s(sent_at: float | None) -> float | None:
 
 
 def _fields(flat: Sequence[bytes]) -> dict[str, str]:
-    return {flat[i].decode(): flat[i + 1].decode("utf-8") for i in range(0, len(flat), 2)}
+    """An entry's fields as text; bytes that are not UTF-8 stay as surrogates, so that a
+    hostile entry still comes back as a message, which the worker refuses and dead-letters."""
+    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _seconds(text: str | None) -> float:
+    try:
+        return float(text or 0.0)
+    except ValueError:
+        return 0.0
 
 
 class RedisBroker(Broker):
@@ -256,13 +269,13 @@ class RedisBroker(Broker):
     @staticmethod
     def _message(row: list[Any]) -> Message:
         entry_id, flat, receive_count, token = row
-        fields = _fields(flat)
+        fields = _fields(flat)  # written by anyone with access to Redis: missing fields too
         return Message(
-            id=fields["id"],
-            body=fields["body"],
+            id=fields.get("id", entry_id.decode()),
+            body=fields.get("body", ""),
             receipt=f"{entry_id.decode()}/{token.decode()}",
             receive_count=int(receive_count),
-            sent_at=float(fields["sent_at"]),
+            sent_at=_seconds(fields.get("sent_at")),
         )
 
     # -- settle ------------------------------------------------------------------------------
@@ -304,14 +317,14 @@ class RedisBroker(Broker):
             )
         letters = []
         for _entry_id, raw in entries:
-            f = {k.decode(): v.decode("utf-8") for k, v in raw.items()}
+            f = {_text(k): v.decode("utf-8", "replace") for k, v in raw.items()}
             letters.append(
                 DeadLetter(
-                    id=f["id"],
-                    body=f["body"],
-                    reason=f["reason"],
-                    receive_count=int(f["receive_count"]),
-                    dead_at=float(f["dead_at"]),
+                    id=f.get("id", ""),
+                    body=f.get("body", ""),
+                    reason=f.get("reason", ""),
+                    receive_count=int(_seconds(f.get("receive_count"))),
+                    dead_at=_seconds(f.get("dead_at")),
                 )
             )
         return letters

@@ -44,6 +44,25 @@ SCHEMA_SQL = resources.files(__package__).joinpath("sqlite_schema.sql").read_tex
 _Row = tuple[int, str, str, int, float]  # seq, id, body, receive_count, sent_at
 
 
+def _text(data: bytes) -> str:
+    """TEXT as str; bytes that are not UTF-8 (written by something else) stay as surrogates."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _stored(text: str) -> str | bytes:
+    """What `_text` gave, as it was stored (bound through `CAST(? AS TEXT)`)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+    return text
+
+
+def _shown(text: str) -> str:
+    """Printable text: bytes that were not UTF-8 become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def sqlite_path_from_url(url: str, path: str) -> Path:
     """`sqlite:///rel.db` -> `rel.db`; `sqlite:////abs.db` -> `/abs.db` (SQLAlchemy's rule)."""
     if not path.startswith("/") or len(path) < 2:
@@ -161,7 +180,8 @@ class SqliteBroker(Broker):
             except BaseException:
                 conn.close()
                 raise
-            return conn
+        conn.text_factory = _text  # a row written by anyone: receive it, the worker refuses it
+        return conn
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -354,7 +374,7 @@ class SqliteBroker(Broker):
                 "WHERE queue = ? ORDER BY seq LIMIT ?",
                 (self.queue, limit),
             ).fetchall()
-        return [DeadLetter(*row) for row in rows]
+        return [DeadLetter(_shown(i), _shown(body), *rest) for i, body, *rest in rows]
 
     def redrive(self, *, limit: int | None = None) -> int:
         with self._write() as conn:
@@ -366,8 +386,8 @@ class SqliteBroker(Broker):
             ).fetchall()
             conn.executemany(  # a live message with the same dedup id stands for this one
                 "INSERT OR IGNORE INTO messages (queue, id, body, sent_at, visible_at, dedup_id) "
-                "VALUES (?,?,?,?,?,?)",
-                [(self.queue, r[1], r[2], r[3], now, r[4]) for r in rows],
+                "VALUES (?,CAST(? AS TEXT),CAST(? AS TEXT),?,?,?)",
+                [(self.queue, _stored(r[1]), _stored(r[2]), r[3], now, r[4]) for r in rows],
             )
             conn.executemany("DELETE FROM dead_letters WHERE seq = ?", [(r[0],) for r in rows])
         return len(rows)

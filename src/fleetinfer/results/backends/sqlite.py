@@ -7,7 +7,6 @@ processes leave exactly one row, the first.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -26,6 +25,8 @@ from fleetinfer.results.rows import (
     DEFAULT_TABLE,
     check_batch_size,
     check_table_name,
+    decode_json,
+    decode_value,
     filter_clause,
     payload_mode,
     result_from_row,
@@ -73,8 +74,10 @@ def _add_payload_columns(conn: sqlite3.Connection, table: str) -> None:
 
 
 def _decoded(row: tuple[Any, ...]) -> TaskResult:
-    payload = None if row[9] is None else json.loads(row[9])
-    return result_from_row(row, json.loads(row[3]), payload)
+    payload = (
+        None if row[9] is None else decode_json(row[9], what=f"the payload of task {row[0]!r}")
+    )
+    return result_from_row(row, decode_value(row), payload)
 
 
 class SqliteResultStore(ResultStore):

@@ -43,7 +43,8 @@ local function bury(entry_id, deliveries)
   if entry then
     local f = {}
     for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
-    redis.call('XADD', dead, '*', 'id', f['id'], 'body', f['body'], 'sent_at', f['sent_at'],
+    redis.call('XADD', dead, '*', 'id', f['id'] or entry_id, 'body', f['body'] or '',
+      'sent_at', f['sent_at'] or '0',
       'reason', 'exceeded max_receives=' .. ARGV[5], 'receive_count', deliveries,
       'dead_at', string.format('%.3f', now / 1000), 'dedup', f['dedup'] or '')
     if f['dedup'] then redis.call('HDEL', dedup, f['dedup']) end

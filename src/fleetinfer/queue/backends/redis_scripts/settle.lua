@@ -43,7 +43,9 @@ end
 local function bury(entry_id)
   local pending = redis.call('XPENDING', stream, group, entry_id, entry_id, 1)[1]
   local f = fields_of(entry_id)
-  redis.call('XADD', dead, '*', 'id', f['id'], 'body', f['body'], 'sent_at', f['sent_at'],
+  -- an entry written by anyone with access to Redis may lack fields: bury it all the same
+  redis.call('XADD', dead, '*', 'id', f['id'] or entry_id, 'body', f['body'] or '',
+    'sent_at', f['sent_at'] or '0',
     'reason', arg, 'receive_count', pending and pending[4] or 0,
     'dead_at', string.format('%.3f', now / 1000), 'dedup', f['dedup'] or '')
   drop(entry_id)
