@@ -35,6 +35,7 @@ from fleetinfer.results.rows import (
     upsert_clause,
 )
 from fleetinfer.sqlite import connect_wal
+from fleetinfer.untrusted import decode_json
 
 SCHEMA_SQL = resources.files(__package__).joinpath("sqlite_schema.sql").read_text("utf-8")
 
