@@ -12,6 +12,7 @@ FEATURES = 64 * 1024  # 256 KiB per sample: large enough for the direct-output p
 
 
 def start_server(repo: Path, socket_path: Path, **options: Any) -> ModelServer:
+    options.setdefault("model_control", True)  # the suites load and unload versions by hand
     config = ServerConfig(models=repo, socket_path=socket_path, intra_op_threads=1, **options)
     return ModelServer(config).start()
 

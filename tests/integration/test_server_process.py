@@ -372,7 +372,7 @@ def test_the_server_process_refuses_a_missing_repository(short_dir: Path) -> Non
         timeout=60,
         env={**os.environ, "FLEETINFER_SOCKET": str(short_dir / "n.sock")},
     )
-    assert result.returncode == 2
+    assert result.returncode == 3  # fix the configuration
     assert "is not a directory" in result.stderr
 
 

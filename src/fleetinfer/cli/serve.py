@@ -1,6 +1,9 @@
 """`fleetinfer serve --models REPO`: run the node's model server until SIGTERM / SIGINT.
 
-SIGHUP re-reads the repository (new versions in, removed versions out, changed artifacts reloaded).
+SIGHUP re-reads the repository (new versions in, removed versions out, changed artifacts reloaded);
+a version that fails to load is logged and the server keeps serving what it had. A configuration
+error (a bad config.toml or manifest, a model ONNX Runtime refuses, a port in use, a socket folder
+another user could write to) ends it with one line on stderr and exit code 3.
 Once serving, one JSON line goes to stdout: {"event": "ready", "socket": ..., "metrics_port": ...}.
 """
 
@@ -21,9 +24,7 @@ from fleetinfer.server.protocol import default_socket_path
 from fleetinfer.server.server import REQUEST_SPIN_US, ModelServer, ServerConfig
 
 EXIT_OK = 0
-EXIT_CONFIG = 2
-
-log = logging.getLogger("fleetinfer.serve")
+EXIT_CONFIG = 3  # fix the configuration (README: 0 ok, 1 bug, 2 usage, 3 config)
 
 
 def serve(
@@ -36,6 +37,8 @@ def serve(
     max_request_bytes: int = 1 << 30,
     max_region_bytes: int = 4 << 30,
     spin_us: float = REQUEST_SPIN_US,
+    allowed_uids: frozenset[int] = frozenset(),
+    model_control: bool = False,
 ) -> int:
     """Serve `models` on `socket_path` (default: `default_socket_path()`) until a signal."""
     config = ServerConfig(
@@ -47,6 +50,8 @@ def serve(
         max_request_bytes=max_request_bytes,
         max_region_bytes=max_region_bytes,
         spin_us=spin_us,
+        allowed_uids=allowed_uids,
+        model_control=model_control,
     )
     try:
         server = ModelServer(config)
@@ -76,10 +81,7 @@ def _install_signals(server: ModelServer) -> None:
         server.stop()
 
     def reload(signum: int, _frame: FrameType | None) -> None:
-        try:
-            server.registry.load_all()
-        except FleetinferError as exc:  # a bad new version must not stop the server
-            log.error("reload failed, still serving %s: %s", server.registry.loaded(), exc)
+        server.reload()  # logs and counts what failed; the server serves what it had
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -114,6 +116,17 @@ def serve_command(
             help="Poll for a client's next request this long before blocking (µs); 0 = never.",
         ),
     ] = REQUEST_SPIN_US,
+    allow_model_control: Annotated[
+        bool,
+        typer.Option(
+            "--allow-model-control",
+            help="Let the server's own user load and unload models over the socket.",
+        ),
+    ] = False,
+    allow_uid: Annotated[
+        list[int] | None,
+        typer.Option("--allow-uid", help="Another uid that may connect (repeatable)."),
+    ] = None,
 ) -> None:
     """Serve the repository's models to local workers (Unix socket + shared memory)."""
     logging.basicConfig(
@@ -127,6 +140,8 @@ def serve_command(
         instance_count=instances,
         max_request_bytes=max_request_mb << 20,
         spin_us=spin_us,
+        allowed_uids=frozenset(allow_uid or ()),
+        model_control=allow_model_control,
     )
     raise typer.Exit(code)
 

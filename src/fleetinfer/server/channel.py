@@ -70,6 +70,7 @@ from fleetinfer.server.protocol import (
 from fleetinfer.server.repository import DTYPES
 from fleetinfer.server.shm import SharedRegion, unlink_segment
 from fleetinfer.server.spin import Spinner
+from fleetinfer.server.trust import check_server_peer
 
 Tensors = dict[str, np.ndarray[Any, Any]]
 R = TypeVar("R", bound=msgspec.Struct)
@@ -225,6 +226,7 @@ class Channel:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(str(socket_path))
+            check_server_peer(sock, socket_path)  # not another user in the server's place
             region = SharedRegion.create(region_bytes)
         except BaseException:
             sock.close()

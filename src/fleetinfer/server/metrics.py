@@ -16,6 +16,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
+from fleetinfer.errors import ConfigError
+
 COUNTERS: dict[str, str] = {
     "nv_inference_request_success": "Number of successful inference requests",
     "nv_inference_request_failure": "Number of failed inference requests",
@@ -23,6 +25,11 @@ COUNTERS: dict[str, str] = {
     "nv_inference_exec_count": "Number of model executions (batches) performed",
     "nv_inference_queue_duration_us": "Cumulative time requests spent waiting in the queue, in us",
     "nv_inference_compute_infer_duration_us": "Cumulative model execution time, in us",
+}
+
+SERVER_COUNTERS: dict[str, str] = {
+    "fleetinfer_accept_errors": "Connections the server failed to accept (EMFILE, ENFILE, ...)",
+    "fleetinfer_reload_failures": "Models a reload (SIGHUP or control) failed to bring up to date",
 }
 
 
@@ -59,6 +66,12 @@ class StatsBook:
     def __init__(self) -> None:
         self._stats: dict[tuple[str, int], ModelStats] = {}
         self._lock = threading.Lock()
+        self.server_values = dict.fromkeys(SERVER_COUNTERS, 0)  # not per model
+
+    def count(self, name: str) -> None:
+        """One more of a server-wide counter (`SERVER_COUNTERS`)."""
+        with self._lock:
+            self.server_values[name] += 1
 
     def get(self, model: str, version: int) -> ModelStats:
         with self._lock:
@@ -76,6 +89,10 @@ class StatsBook:
                 labels = {"model": s.model, "version": str(s.version)}
                 metric.add_sample(name, labels, float(s.snapshot()[name]))
             yield metric
+        for name, doc in SERVER_COUNTERS.items():
+            metric = Metric(name, doc, "counter")
+            metric.add_sample(name, {}, float(self.server_values[name]))
+            yield metric
 
 
 class HealthServer:
@@ -85,7 +102,13 @@ class HealthServer:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(stats)  # a duck-typed collector
         handler = _handler(registry, ready)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        try:
+            self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror}; choose another "
+                "--metrics-port (0 = any free port, -1 = no metrics endpoint)"
+            ) from exc
         self.httpd.daemon_threads = True
         self.port: int = self.httpd.server_address[1]
         self._thread = threading.Thread(

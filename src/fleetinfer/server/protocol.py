@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 
 from fleetinfer.errors import (
+    ConfigError,
     FleetinferError,
     InferenceError,
     IntegrityError,
@@ -35,6 +36,10 @@ REQUEST_ID: Final = struct.Struct("<I")  # a header's request id alone, at REQUE
 REQUEST_ID_AT: Final = struct.calcsize("<2sBB")
 MAX_BODY_BYTES: Final = 64 * 1024
 ALIGNMENT_BYTES: Final = 64
+MAX_WIRE_INT: Final = (1 << 62) - 1  # any size, offset or dimension above is refused at decode
+# A size, offset, dimension or version: checked when a body is decoded, before any arithmetic,
+# so that no sum or product of them can overflow what the wire (msgpack: 64 bits) carries.
+Size = Annotated[int, msgspec.Meta(ge=0, le=MAX_WIRE_INT)]
 
 
 class Kind:
@@ -53,26 +58,26 @@ class TensorRef(msgspec.Struct, frozen=True, array_like=True):
 
     name: str
     dtype: str
-    shape: tuple[int, ...]
-    offset: int
-    nbytes: int
+    shape: tuple[Size, ...]
+    offset: Size
+    nbytes: Size
 
 
 class Attach(msgspec.Struct, frozen=True, array_like=True):
     """The client's shared-memory region, by name in /dev/shm, and its size."""
 
     name: str
-    size_bytes: int
+    size_bytes: Size
 
 
 class InferRequest(msgspec.Struct, frozen=True, array_like=True):
     """Run `model` (version 0 = newest loaded) on `inputs`, writing outputs inside the window."""
 
     model: str
-    version: int
+    version: Size
     inputs: tuple[TensorRef, ...]
-    output_offset: int
-    output_bytes: int
+    output_offset: Size
+    output_bytes: Size
 
 
 class InferReply(msgspec.Struct, frozen=True, array_like=True):
@@ -95,7 +100,7 @@ class ControlRequest(msgspec.Struct, frozen=True, array_like=True):
 
     action: str
     model: str = ""
-    version: int = 0
+    version: Size = 0
 
 
 class ControlReply(msgspec.Struct, frozen=True, array_like=True):
@@ -132,7 +137,8 @@ ERROR_CODES: Final[dict[type[FleetinferError], int]] = {
     ModelConfigError: 7,
     IntegrityError: 8,
     OutputSpaceError: 9,
-    FleetinferError: 10,
+    ConfigError: 11,
+    FleetinferError: 10,  # last: the nearest known class wins
 }
 ERROR_CLASSES: Final = {code: cls for cls, code in ERROR_CODES.items()}
 
@@ -173,10 +179,16 @@ def error_reply(exc: FleetinferError) -> ErrorReply:
     return ErrorReply(
         code=code,
         message=str(exc),
-        needed_bytes=getattr(exc, "needed_bytes", 0),
-        size_bytes=getattr(exc, "size_bytes", 0),
-        limit_bytes=getattr(exc, "limit_bytes", 0),
+        needed_bytes=_wire_size(getattr(exc, "needed_bytes", 0)),
+        size_bytes=_wire_size(getattr(exc, "size_bytes", 0)),
+        limit_bytes=_wire_size(getattr(exc, "limit_bytes", 0)),
     )
+
+
+def _wire_size(value: int) -> int:
+    """A size as an error reply can carry it: a claimed size beyond 64 bits is clamped (the
+    message keeps the exact number), so the reply is always encodable."""
+    return min(max(int(value), 0), (1 << 63) - 1)
 
 
 def rebuild_error(reply: ErrorReply) -> FleetinferError:

@@ -10,6 +10,7 @@ that does not match the file raises `IntegrityError` before the model is loaded.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fleetinfer.errors import IntegrityError, ModelConfigError, UnknownModelError
+from fleetinfer.server.schema import DTYPE_NAMES, config_problems, is_version_number
 
 CONFIG_FILE = "config.toml"
 MODEL_FILE = "model.onnx"
@@ -32,8 +34,8 @@ DTYPES: Mapping[str, type[np.generic]] = {
     "uint8": np.uint8,
     "bool": np.bool_,
 }
-OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
-VERSION_POLICIES = ("latest", "specific", "all")
+assert sorted(DTYPES) == sorted(DTYPE_NAMES)  # the schema checks names, this maps them
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,137 +106,70 @@ class ModelVersion:
         return self.config.name
 
 
-class _Fields:
-    """Typed field access over a TOML table that names the file and field in every error."""
-
-    def __init__(self, path: Path, table: Mapping[str, Any], prefix: str = "") -> None:
-        self.path, self.table, self.prefix = path, table, prefix
-
-    def fail(self, key: str, expected: str, got: object) -> ModelConfigError:
-        return ModelConfigError(
-            f"{self.path}: field `{self.prefix}{key}` must be {expected}, got {got!r}"
-        )
-
-    def get(
-        self, key: str, kind: type | tuple[type, ...], expected: str, default: Any = ...
-    ) -> Any:
-        if key not in self.table:
-            if default is ...:
-                raise ModelConfigError(f"{self.path}: missing required field `{self.prefix}{key}`")
-            return default
-        value = self.table[key]
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-            raise self.fail(key, expected, value)
-        return value
-
-    def sub(self, key: str) -> _Fields:
-        table = self.get(key, dict, "a table", default={})
-        return _Fields(self.path, table, f"{self.prefix}{key}.")
-
-
-def _tensor_specs(fields: _Fields, key: str) -> tuple[TensorSpec, ...]:
-    entries = fields.get(key, list, f"an array of [[{key}]] tables")
-    if not entries:
-        raise fields.fail(key, "a non-empty array of tables", entries)
-    specs = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise fields.fail(f"{key}[{i}]", "a table", entry)
-        specs.append(_tensor_spec(_Fields(fields.path, entry, f"{key}[{i}].")))
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise fields.fail(key, "tensors with distinct names", names)
-    return tuple(specs)
-
-
-def _tensor_spec(fields: _Fields) -> TensorSpec:
-    name = fields.get("name", str, "a string")
-    dtype = fields.get("dtype", str, f"one of {sorted(DTYPES)}")
-    if dtype not in DTYPES:
-        raise fields.fail("dtype", f"one of {sorted(DTYPES)}", dtype)
-    shape = fields.get("shape", list, "a list of integers (-1 = dynamic)")
-    if not shape or not all(isinstance(d, int) and (d == -1 or d > 0) for d in shape):
-        raise fields.fail("shape", "a non-empty list of positive integers or -1", shape)
-    return TensorSpec(name=name, dtype=dtype, shape=tuple(shape))
-
-
-def _runtime(fields: _Fields) -> RuntimeConfig:
-    providers = fields.get(
-        "execution_providers", list, "a list of provider names", ["CPUExecutionProvider"]
-    )
-    level = fields.get("graph_optimization_level", str, f"one of {OPTIMIZATION_LEVELS}", "all")
-    if level not in OPTIMIZATION_LEVELS:
-        raise fields.fail("graph_optimization_level", f"one of {OPTIMIZATION_LEVELS}", level)
-    intra = fields.get("intra_op_threads", int, "an integer >= 0 (0 = runtime default)", 0)
-    inter = fields.get("inter_op_threads", int, "an integer >= 0", 1)
-    if intra < 0 or inter < 0:
-        raise fields.fail("intra_op_threads", "integers >= 0", (intra, inter))
-    return RuntimeConfig(
-        execution_providers=tuple(str(p) for p in providers),
-        intra_op_threads=intra,
-        inter_op_threads=inter,
-        graph_optimization_level=level,
-        memory_arena=fields.get("memory_arena", bool, "true or false", True),
-    )
-
-
-def _version_policy(fields: _Fields) -> VersionPolicy:
-    policy = fields.get("policy", str, f"one of {VERSION_POLICIES}", "latest")
-    if policy not in VERSION_POLICIES:
-        raise fields.fail("policy", f"one of {VERSION_POLICIES}", policy)
-    versions = fields.get("versions", list, "a list of version numbers", [])
-    if policy == "specific" and not versions:
-        raise fields.fail("versions", "a non-empty list when policy = 'specific'", versions)
-    return VersionPolicy(policy=policy, versions=tuple(int(v) for v in versions))
-
-
-def _sha256s(fields: _Fields) -> dict[int, str]:
-    hashes: dict[int, str] = {}
-    for key, entry in fields.table.items():
-        if not key.isdigit() or not isinstance(entry, dict):
-            raise fields.fail(key, "a [versions.<number>] table", entry)
-        digest = _Fields(fields.path, entry, f"{fields.prefix}{key}.").get(
-            "sha256", str, "a hex sha256"
-        )
-        hashes[int(key)] = digest.lower()
-    return hashes
-
-
 def parse_config(path: Path, *, expected_name: str | None = None) -> ModelConfig:
-    """Read and validate one `config.toml`."""
+    """Read and validate one `config.toml`: every mistake is reported at once (`schema.py`)."""
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ModelConfigError(
             f"{path}: missing model config; every model folder needs one"
         ) from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ModelConfigError(f"{path}: not valid TOML: {exc}") from exc
-    fields = _Fields(path, table)
-    name = fields.get("name", str, "a string")
-    if expected_name is not None and name != expected_name:
-        raise fields.fail("name", f"the folder name {expected_name!r}", name)
-    max_batch = fields.get("max_batch_size", int, "an integer >= 1")
-    if max_batch < 1:
-        raise fields.fail("max_batch_size", "an integer >= 1", max_batch)
-    batching = fields.sub("batching")
-    instances = fields.sub("instances")
+    found = config_problems(table)
+    name = table.get("name")
+    if expected_name is not None and isinstance(name, str) and name != expected_name:
+        found.insert(0, f"field `name` must be the folder name {expected_name!r}, got {name!r}")
+    if found:
+        raise ModelConfigError(f"{path}: " + "; ".join(found))
+    return _model_config(table)
+
+
+def _model_config(table: dict[str, Any]) -> ModelConfig:
+    """The `ModelConfig` of a table `config_problems` found valid."""
+    batching, runtime = table.get("batching", {}), table.get("runtime", {})
+    policy = table.get("version_policy", {})
     return ModelConfig(
-        name=name,
-        max_batch_size=max_batch,
-        inputs=_tensor_specs(fields, "inputs"),
-        outputs=_tensor_specs(fields, "outputs"),
+        name=table["name"],
+        max_batch_size=table["max_batch_size"],
+        inputs=_tensor_specs(table["inputs"]),
+        outputs=_tensor_specs(table["outputs"]),
         batching=BatchingConfig(
-            max_queue_delay_us=batching.get("max_queue_delay_us", int, "an integer >= 0", 0),
-            preferred_batch_sizes=tuple(
-                batching.get("preferred_batch_sizes", list, "a list of integers", [])
-            ),
+            max_queue_delay_us=batching.get("max_queue_delay_us", 0),
+            preferred_batch_sizes=tuple(batching.get("preferred_batch_sizes", ())),
         ),
-        instance_count=instances.get("count", int, "an integer >= 1", 1),
-        runtime=_runtime(fields.sub("runtime")),
-        version_policy=_version_policy(fields.sub("version_policy")),
-        sha256=_sha256s(fields.sub("versions")),
+        instance_count=table.get("instances", {}).get("count", 1),
+        runtime=RuntimeConfig(
+            execution_providers=tuple(
+                runtime.get("execution_providers", ("CPUExecutionProvider",))
+            ),
+            intra_op_threads=runtime.get("intra_op_threads", 0),
+            inter_op_threads=runtime.get("inter_op_threads", 1),
+            graph_optimization_level=runtime.get("graph_optimization_level", "all"),
+            memory_arena=runtime.get("memory_arena", True),
+        ),
+        version_policy=VersionPolicy(
+            policy=policy.get("policy", "latest"), versions=tuple(policy.get("versions", ()))
+        ),
+        sha256={int(k): v["sha256"].lower() for k, v in table.get("versions", {}).items()},
     )
+
+
+def _tensor_specs(entries: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
+    return tuple(
+        TensorSpec(name=e["name"], dtype=e["dtype"], shape=tuple(e["shape"])) for e in entries
+    )
+
+
+def checked_model_name(name: str) -> str:
+    """`name` if it is a plain model name (a folder right inside the repository): no path
+    separator, no `..`, not absolute; `UnknownModelError` otherwise."""
+    if MODEL_NAME.fullmatch(name) is None or name.strip(".") == "":
+        raise UnknownModelError(
+            f"model name {name[:200]!r} is not a plain name: expected letters, digits, '_', '.' "
+            "or '-' (no path separators, not '.' or '..'), naming a folder of the repository"
+        )
+    return name
 
 
 def file_sha256(path: Path) -> str:
@@ -257,7 +192,7 @@ class ModelRepository:
         return sorted(p.name for p in self.root.iterdir() if (p / CONFIG_FILE).is_file())
 
     def config(self, name: str) -> ModelConfig:
-        folder = self.root / name
+        folder = self.root / checked_model_name(name)
         if not (folder / CONFIG_FILE).is_file():
             raise UnknownModelError(
                 f"no model {name!r} in {self.root}: expected {folder / CONFIG_FILE}; "
@@ -270,7 +205,9 @@ class ModelRepository:
         config = self.config(name)
         folder = self.root / name
         on_disk = sorted(
-            int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / MODEL_FILE).is_file()
+            int(p.name)
+            for p in folder.iterdir()
+            if is_version_number(p.name) and (p / MODEL_FILE).is_file()
         )
         policy = config.version_policy
         if policy.policy == "specific":

@@ -131,10 +131,10 @@ def _view(ref: TensorRef, region: SharedRegion) -> np.ndarray[Any, Any]:
             f"input {ref.name!r} has dtype {ref.dtype!r}, expected one of {sorted(DTYPES)}"
         )
     dtype = np.dtype(DTYPES[ref.dtype])
-    if len(ref.shape) > MAX_RANK or any(d < 0 for d in ref.shape):
+    if len(ref.shape) > MAX_RANK or any(not 0 <= d <= region.size_bytes for d in ref.shape):
         raise InvalidInputError(
             f"input {ref.name!r} has shape {list(ref.shape)}: expected at most {MAX_RANK} "
-            "non-negative dimensions"
+            f"non-negative dimensions, none above the region's {region.size_bytes} bytes"
         )
     expected = math.prod(ref.shape) * dtype.itemsize
     if ref.nbytes != expected:

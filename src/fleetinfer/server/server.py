@@ -20,8 +20,8 @@ import logging
 import os
 import select
 import socket
-import struct
 import threading
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,14 +51,15 @@ from fleetinfer.server.protocol import (
     frame,
 )
 from fleetinfer.server.registry import ModelRegistry
-from fleetinfer.server.repository import ModelRepository
+from fleetinfer.server.repository import ModelRepository, checked_model_name
 from fleetinfer.server.requests import Prepared, PreparedCache, prepare
 from fleetinfer.server.shm import SharedRegion, unlink_segment
 from fleetinfer.server.spin import Spinner
+from fleetinfer.server.trust import peer_uid, private_socket_folder
 
 log = logging.getLogger(__name__)
-_PEERCRED = struct.Struct("3i")
 REQUEST_SPIN_US = 200.0  # how long a connection polls for its client's next request (`spin.py`)
+ACCEPT_BACKOFF_S = (0.005, 0.1)  # first and longest wait after a failed accept (EMFILE, ...)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +74,8 @@ class ServerConfig:
     intra_op_threads: int | None = None
     instance_count: int | None = None  # None: each model's config.toml decides
     spin_us: float = REQUEST_SPIN_US  # 0: block at once
+    allowed_uids: frozenset[int] = frozenset()  # peers besides the server's own user
+    model_control: bool = False  # control `load` / `unload` allowed (from the server's user)
 
 
 class ModelServer:
@@ -106,6 +109,7 @@ class ModelServer:
         return None if self.health is None else self.health.port
 
     def start(self) -> ModelServer:
+        private_socket_folder(self.config.socket_path.parent)  # refused before loading models
         if self.config.metrics_port is not None:
             self.health = HealthServer(self.stats, lambda: self.ready, self.config.metrics_port)
             self.health.start()
@@ -148,27 +152,74 @@ class ModelServer:
         with self._lock:
             return len(self._connections)
 
+    def reload(self, model: str | None = None) -> list[FleetinferError]:
+        """The one reload path, for SIGHUP and the control message: bring `model` (or every
+        model) in line with the repository. A broken new version never stops the server: it
+        keeps serving what it had, and each model that failed is logged, counted
+        (`fleetinfer_reload_failures`) and returned as a typed error."""
+        failures: list[FleetinferError] = []
+        try:
+            names = [model] if model else self.registry.repository.models()
+        except OSError as exc:  # the repository folder went away or became unreadable
+            names, failures = [], [ConfigError(f"cannot list the model repository: {exc}")]
+        for name in names:
+            try:
+                self.registry.reload(name)
+            except FleetinferError as exc:
+                failures.append(exc)
+            except Exception as exc:  # a server bug must not take the server down either
+                log.exception("reloading %s failed", name)
+                failures.append(FleetinferError(f"reloading {name!r} failed: {exc!r}"))
+        for failure in failures:
+            self.stats.count("fleetinfer_reload_failures")
+            log.error("reload failed, still serving %s: %s", self.registry.loaded(), failure)
+        return failures
+
     def _accept_loop(self) -> None:
+        """Accept until stopped. A failed accept (out of descriptors: EMFILE, ENFILE; out of
+        memory) is counted (`fleetinfer_accept_errors`), logged, and retried after a backoff
+        that doubles up to `ACCEPT_BACKOFF_S[1]`; the loop ends only when the server stops."""
         assert self._listener is not None
+        backoff_s, logged_at = ACCEPT_BACKOFF_S[0], 0.0
         while not self._stopped.is_set():
             try:
                 sock, _ = self._listener.accept()
-            except OSError:
-                return
-            uid = _peer_uid(sock)
-            if uid != os.getuid():
+            except OSError as exc:
+                if self._stopped.is_set():
+                    return
+                self.stats.count("fleetinfer_accept_errors")
+                if time.monotonic() - logged_at > 10.0:  # at most one line per 10 s
+                    logged_at = time.monotonic()
+                    log.error("accepting a connection failed, retrying: %s", exc)
+                self._stopped.wait(backoff_s)
+                backoff_s = min(2 * backoff_s, ACCEPT_BACKOFF_S[1])
+                continue
+            backoff_s = ACCEPT_BACKOFF_S[0]
+            self._admit(sock)
+
+    def _admit(self, sock: socket.socket) -> None:
+        """Serve an accepted socket on its own thread, if its peer may talk to this server."""
+        try:
+            uid = peer_uid(sock)
+            if uid != os.getuid() and uid not in self.config.allowed_uids:
                 log.warning("refused a connection from uid %d", uid)
                 sock.close()
-                continue
-            connection = Connection(self, sock, uid)
-            try:
-                self.readable.register(sock, select.EPOLLIN)
-            except ValueError:  # closed: the server stopped while this client connected
-                sock.close()
                 return
+            connection = Connection(self, sock, uid)
+            self.readable.register(sock, select.EPOLLIN)
             with self._lock:
                 self._connections.add(connection)
-            threading.Thread(target=connection.run, name="fleetinfer-conn", daemon=True).start()
+            thread = threading.Thread(target=connection.run, name="fleetinfer-conn", daemon=True)
+            thread.start()
+        except (OSError, RuntimeError, ValueError, MemoryError) as exc:
+            # out of threads or memory, or closed (ValueError: the server stopped meanwhile)
+            self.stats.count("fleetinfer_accept_errors")
+            log.error("could not serve a new connection: %s", exc)
+            with self._lock:
+                self._connections = {c for c in self._connections if c.sock is not sock}
+            with contextlib.suppress(OSError, ValueError):
+                self.readable.unregister(sock)
+            sock.close()
 
     def forget(self, connection: Connection) -> None:
         with self._lock:
@@ -193,14 +244,17 @@ class ModelServer:
 
 
 def _listen(path: Path) -> socket.socket:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.exists():
+    private_socket_folder(path.parent)  # ours, mode 0700: nobody can take the socket's place
+    if path.exists() or path.is_symlink():
         _remove_stale_socket(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(str(path))
         os.chmod(path, 0o600)
         listener.listen(256)
+    except OSError as exc:
+        listener.close()
+        raise ConfigError(f"cannot listen on {path}: {exc}; choose another --socket") from exc
     except BaseException:
         listener.close()
         raise
@@ -219,12 +273,6 @@ def _remove_stale_socket(path: Path) -> None:
     raise ConfigError(
         f"another model server already listens on {path}: stop it or choose another --socket"
     )
-
-
-def _peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    _pid, uid, _gid = _PEERCRED.unpack(creds)
-    return int(uid)
 
 
 class Tally(Protocol):
@@ -499,20 +547,35 @@ class Connection:
 
     def _control(self, request: ControlRequest) -> ControlReply:
         registry, version = self.server.registry, request.version or None
+        if request.action in ("load", "unload"):
+            self._check_model_control(request.action)
+            checked_model_name(request.model)
         if request.action == "load":
             registry.load(request.model, version)
         elif request.action == "unload":
             registry.unload(request.model, version)
         elif request.action == "reload":
-            if request.model:
-                registry.reload(request.model)
-            else:
-                registry.load_all()
+            _raise_first(self.server.reload(request.model or None))
         elif request.action != "status":
             raise _malformed(
                 f"unknown control action {request.action!r}: load, unload, reload, status"
             )
         return ControlReply(registry.loaded())
+
+    def _check_model_control(self, action: str) -> None:
+        """`load` and `unload` change what every client is served: only the server's own user,
+        and only when the server was started with model control on."""
+        if not self.server.config.model_control:
+            raise ConfigError(
+                f"control {action!r} is off on this server: it serves what its repository's "
+                "version policies say; start it with --allow-model-control to load and unload "
+                "models by hand, or change the repository and reload"
+            )
+        if self.uid != os.getuid():
+            raise ConfigError(
+                f"control {action!r} is allowed only to the server's own user (uid "
+                f"{os.getuid()}), not to uid {self.uid}"
+            )
 
     def _cleanup(self) -> None:
         self.server.forget(self)
@@ -528,3 +591,14 @@ class Connection:
 
 def _malformed(message: str) -> FleetinferError:
     return MalformedMessageError(message)
+
+
+def _raise_first(failures: list[FleetinferError]) -> None:
+    """A reload's failures as one error for the control reply (they are logged already)."""
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise FleetinferError(
+            f"reload failed for {len(failures)} models, still serving the versions loaded "
+            "before: " + "; ".join(str(f) for f in failures)
+        )

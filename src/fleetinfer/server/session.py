@@ -15,8 +15,21 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from fleetinfer.errors import InferenceError, InvalidInputError, ModelConfigError
-from fleetinfer.server.repository import ModelConfig, ModelVersion, RuntimeConfig, verify_artifact
+from fleetinfer.errors import (
+    ArtifactLoadError,
+    InferenceError,
+    IntegrityError,
+    InvalidInputError,
+    ModelConfigError,
+)
+from fleetinfer.server.repository import (
+    ModelConfig,
+    ModelVersion,
+    RuntimeConfig,
+    file_sha256,
+    verify_artifact,
+)
+from fleetinfer.server.schema import manifest_problems
 
 _OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -34,21 +47,25 @@ MANIFEST_FILE = "manifest.json"  # written by `fleetinfer compile` beside a comp
 def compiled_session_config(artifact: Path) -> dict[str, str]:
     """The ONNX Runtime session entries a compiled version must be loaded with (its manifest's
     `session_config`, e.g. ARM BF16 fast math); {} for a version that was not compiled. Read
-    here, without the compile extra, as the runtime needs only this field."""
+    here, without the compile extra, as the runtime needs only this field; the manifest is
+    checked first (`schema.manifest_problems`), and the artifact against its `artifact_sha256`."""
     path = artifact.parent / MANIFEST_FILE
     if not path.is_file():
         return {}
     try:
-        entries = json.loads(path.read_text()).get("session_config", {})
-    except (ValueError, AttributeError) as exc:
+        table = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, nested too deep
         raise ModelConfigError(f"{path}: not a valid compile manifest: {exc}") from exc
-    if not isinstance(entries, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in entries.items()
-    ):
-        raise ModelConfigError(
-            f"{path}: field 'session_config' must map ONNX Runtime config keys to strings, "
-            f"got {entries!r:.200}"
+    found = manifest_problems(table)
+    if found:
+        raise ModelConfigError(f"{path}: " + "; ".join(found))
+    recorded = table.get("artifact_sha256")
+    if recorded is not None and file_sha256(artifact) != recorded.lower():
+        raise IntegrityError(
+            f"{artifact}: sha256 is {file_sha256(artifact)}, but {path} records {recorded}: the "
+            "artifact or its manifest was modified; restore them or compile the version again"
         )
+    entries: dict[str, str] = table.get("session_config", {})
     return entries
 
 
@@ -141,6 +158,20 @@ def joined(parts: list[Tensors]) -> Tensors:
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
+def _open_session(model: ModelVersion, options: Any, providers: list[str]) -> Any:
+    """An ONNX Runtime session on the version's artifact; a file it refuses (corrupt,
+    truncated, external data outside the model's folder) becomes `ArtifactLoadError`."""
+    try:
+        return ort.InferenceSession(str(model.path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own unexported exception types
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
+        raise ArtifactLoadError(
+            f"{model.path}: ONNX Runtime cannot load model {model.name!r} version "
+            f"{model.version}: {reason}; replace the file (record its sha256 in config.toml "
+            "to catch a corrupted copy before it is loaded)"
+        ) from exc
+
+
 class OrtModel:
     """One loaded model version: its artifact verified, an ONNX Runtime session, validation."""
 
@@ -150,15 +181,12 @@ class OrtModel:
         self.config = model.config
         self.providers = usable_providers(model.config.runtime.execution_providers)
         self.session_config = compiled_session_config(model.path)
-        self.session = ort.InferenceSession(
-            str(model.path),
-            sess_options=session_options(
-                model.config.runtime,
-                intra_op_threads=intra_op_threads,
-                config_entries=self.session_config,
-            ),
-            providers=self.providers,
+        options = session_options(
+            model.config.runtime,
+            intra_op_threads=intra_op_threads,
+            config_entries=self.session_config,
         )
+        self.session = _open_session(model, options, self.providers)
         self.output_names = [spec.name for spec in model.config.outputs]
         specs = model.config.inputs + model.config.outputs
         self.batchable = all(s.shape[0] == -1 for s in specs)  # every tensor has a batch axis
