@@ -25,7 +25,6 @@ from fleetinfer.results.rows import (
     DEFAULT_TABLE,
     check_batch_size,
     check_table_name,
-    decode_json,
     decode_value,
     filter_clause,
     payload_mode,
