@@ -109,7 +109,9 @@ class Catalog:
 
     def offer(self, name: str, region: str) -> Offer:
         if name not in self.types:
-            raise ConfigError(f"unknown instance type {name!r}: the catalog has {sorted(self.types)}")
+            raise ConfigError(
+                f"unknown instance type {name!r}: the catalog has {sorted(self.types)}"
+            )
         return next(o for o in self.offers(region) if o.name == name)
 
     def _offer(self, instance: InstanceType, region: str) -> Offer:

@@ -29,8 +29,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fleetinfer.errors import InfeasiblePlanError
-from fleetinfer.plan.profile import NodeProfile
 from fleetinfer.plan.policy import BacklogPolicy, policy_for
+from fleetinfer.plan.profile import NodeProfile
 
 NOTICE_S = 120.0
 
@@ -223,7 +223,9 @@ def _deadline_error(pools: Sequence[Pool], request: PlanRequest) -> InfeasiblePl
     best = _plan(request, fastest(pools, request))
     done_s = best.completion_s
     late_h = (done_s - request.deadline_s) / 3600.0
-    need_rate = best.tasks_per_min * max(1.0, (done_s - _fixed_s(best)) / max(1.0, request.deadline_s - _fixed_s(best)))
+    need_rate = best.tasks_per_min * max(
+        1.0, (done_s - _fixed_s(best)) / max(1.0, request.deadline_s - _fixed_s(best))
+    )
     nodes_needed = math.ceil(best.nodes * need_rate / max(best.tasks_per_min, 1e-9))
     fits = int(max(0.0, request.deadline_s - _fixed_s(best)) * best.tasks_per_min / 60.0)
     return InfeasiblePlanError(

@@ -113,7 +113,9 @@ def load_profile(path: Path, *, host_class: str | None = None) -> TaskProfile:
             f"{path}: expected the JSON of `fleetinfer bench --json` (or its bench.json): {exc}"
         ) from exc
     if not isinstance(report, dict):
-        raise InputError(f"{path}: expected a JSON object from `fleetinfer bench`, got {report!r:.80}")
+        raise InputError(
+            f"{path}: expected a JSON object from `fleetinfer bench`, got {report!r:.80}"
+        )
     return profile_from_report(report, str(path), host_class=host_class)
 
 
@@ -128,7 +130,7 @@ def profile_from_report(
     for name, summary in modes_in.items():
         measure, why = _mode_measure(name, summary)
         if measure is None:
-            failures.append(f"{name}: {why}")
+            failures.append(f"{name}: {why}".replace("[", "(").replace("]", ")"))
         else:
             modes[name] = measure
     if not modes:

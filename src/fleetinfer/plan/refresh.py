@@ -92,7 +92,10 @@ def refresh_catalog(
     report = RefreshReport(region)
     on_demand = _on_demand(boto3, catalog, region, endpoint_url, report)
     spot = _spot(boto3, catalog, region, endpoint_url, report)
-    types = {name: _updated(t, region, on_demand.get(name), spot.get(name)) for name, t in catalog.types.items()}
+    types = {
+        name: _updated(t, region, on_demand.get(name), spot.get(name))
+        for name, t in catalog.types.items()
+    }
     date = (today or dt.datetime.now(dt.UTC).date()).isoformat()
     note = (f"refreshed {date} for {region}: on-demand from the AWS Price List API "
             f"({len(report.on_demand_updated)} types), spot discount from the EC2 spot price "
@@ -108,7 +111,9 @@ def _on_demand(
     for name in catalog.types:
         try:
             with translate_boto_errors("pricing.get_products"):
-                answer = client.get_products(ServiceCode="AmazonEC2", Filters=price_filters(name, region))
+                answer = client.get_products(
+                    ServiceCode="AmazonEC2", Filters=price_filters(name, region)
+                )
         except (ConfigError, TransientError) as exc:
             report.problems.append(f"on-demand prices kept as shipped: {exc}")
             return prices
@@ -128,7 +133,9 @@ def _spot(
     try:
         with translate_boto_errors("ec2.describe_spot_price_history"):
             pages = client.get_paginator("describe_spot_price_history").paginate(
-                InstanceTypes=sorted(catalog.types), ProductDescriptions=["Linux/UNIX"], StartTime=start
+                InstanceTypes=sorted(catalog.types),
+                ProductDescriptions=["Linux/UNIX"],
+                StartTime=start,
             )
             for page in pages:
                 history.extend(page.get("SpotPriceHistory", []))

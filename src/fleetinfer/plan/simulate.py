@@ -230,7 +230,12 @@ class FleetSimulation:
         if node.state == "running":
             state.running.remove(node_id)
             busy = self._busy_share()
-            lost = busy * pool.workers * max(0.0, pool.task_wall_s - self.config.notice_s) / pool.task_wall_s
+            lost = (
+                busy
+                * pool.workers
+                * max(0.0, pool.task_wall_s - self.config.notice_s)
+                / pool.task_wall_s
+            )
             if lost > 0:
                 self.redelivered += lost
                 state.done -= lost
@@ -291,7 +296,9 @@ class FleetSimulation:
         return getattr(self, "last_busy", 0.0)
 
     def _mean_wall(self) -> float:
-        walls = [(len(s.running), p.task_wall_s) for p, s in zip(self.pools, self.state, strict=True)]
+        walls = [
+            (len(s.running), p.task_wall_s) for p, s in zip(self.pools, self.state, strict=True)
+        ]
         total = sum(n for n, _ in walls)
         return sum(n * w for n, w in walls) / total if total else self.pools[0].task_wall_s
 
@@ -339,7 +346,9 @@ def _positive(
     return values[keep], counts[keep]
 
 
-def weighted_percentile(values: np.ndarray[Any, Any], weights: np.ndarray[Any, Any], q: float) -> float:
+def weighted_percentile(
+    values: np.ndarray[Any, Any], weights: np.ndarray[Any, Any], q: float
+) -> float:
     """The q-quantile of `values` counted `weights` times each (0.0 when there are none)."""
     if values.size == 0 or weights.sum() <= 0:
         return 0.0
@@ -428,7 +437,9 @@ def parse_arrivals(text: str) -> list[tuple[float, float]]:
             continue
         parts = line.replace(";", ",").split(",")
         try:
-            start, rate = (0.0, float(parts[0])) if len(parts) == 1 else (float(parts[0]), float(parts[1]))
+            start, rate = (
+                (0.0, float(parts[0])) if len(parts) == 1 else (float(parts[0]), float(parts[1]))
+            )
         except ValueError as exc:
             raise InputError(
                 f"arrivals line {number}: expected `start_s,tasks_per_min` (or one rate), got {line!r}"

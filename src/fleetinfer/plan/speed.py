@@ -81,7 +81,11 @@ def host_speed(cpuinfo: str | None = None) -> HostSpeed:
     """This machine's class from /proc/cpuinfo: AVX-512 with VNNI is modern x86, else older."""
     text = _read_cpuinfo() if cpuinfo is None else cpuinfo
     model = next(
-        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in text.splitlines()
+            if line.startswith("model name")
+        ),
         "unknown CPU",
     )
     flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines()
