@@ -34,7 +34,8 @@ def test_plan_writes_json_and_a_chart_that_simulate_reads(tmp_path: Path) -> Non
     assert code == ExitCode.OK
     result = json.loads(out)
     assert result["tasks_done"] > 300_000_000
-    assert result["cost_usd"] > 0 and result["latency_p95_s"] > 0
+    assert result["cost_usd"] > 0
+    assert result["latency_p95_s"] > 0
 
 
 def test_plan_table_lists_the_task_on_every_cpu_type() -> None:
@@ -49,7 +50,8 @@ def test_an_unmeetable_deadline_exits_with_the_config_code_and_what_would_meet_i
     code, _, err = _run("plan", "--profile", HEAVY, "--backlog", "2000000000", "--deadline", "1h",
                         "--max-nodes", "100")  # fmt: skip
     assert code == ExitCode.CONFIG
-    assert "cannot be met" in err and "What would meet it" in err
+    assert "cannot be met" in err
+    assert "What would meet it" in err
 
 
 def test_a_region_the_catalog_lacks_exits_with_the_config_code() -> None:
@@ -68,10 +70,12 @@ def test_a_profile_from_a_failed_bench_exits_with_the_input_code(tmp_path: Path)
 
 def test_a_bad_deadline_and_a_bad_plan_file_are_input_errors(tmp_path: Path) -> None:
     code, _, err = _run("plan", "--profile", HEAVY, "--backlog", "10", "--deadline", "soon")
-    assert code == ExitCode.INPUT and "6h" in err
+    assert code == ExitCode.INPUT
+    assert "6h" in err
     (tmp_path / "plan.json").write_text("{}")
     code, _, err = _run("simulate", "--plan", str(tmp_path / "plan.json"))
-    assert code == ExitCode.INPUT and "fleetinfer plan" in err
+    assert code == ExitCode.INPUT
+    assert "fleetinfer plan" in err
 
 
 def test_price_list_answers_translate_to_an_hourly_usd_price() -> None:
@@ -83,11 +87,27 @@ def test_price_list_answers_translate_to_an_hourly_usd_price() -> None:
     assert parse_on_demand_usd([json.dumps(product)]) == pytest.approx(1.88544)
     assert parse_on_demand_usd([]) is None
     fields = {f["Field"]: f["Value"] for f in price_filters("r8g.8xlarge", "eu-west-1")}
-    assert fields["regionCode"] == "eu-west-1" and fields["operatingSystem"] == "Linux"
+    assert fields["regionCode"] == "eu-west-1"
+    assert fields["operatingSystem"] == "Linux"
     history = [
-        {"InstanceType": "m5.8xlarge", "AvailabilityZone": "a", "SpotPrice": "0.5", "Timestamp": "1"},
-        {"InstanceType": "m5.8xlarge", "AvailabilityZone": "a", "SpotPrice": "0.7", "Timestamp": "2"},
-        {"InstanceType": "m5.8xlarge", "AvailabilityZone": "b", "SpotPrice": "0.9", "Timestamp": "1"},
+        {
+            "InstanceType": "m5.8xlarge",
+            "AvailabilityZone": "a",
+            "SpotPrice": "0.5",
+            "Timestamp": "1",
+        },
+        {
+            "InstanceType": "m5.8xlarge",
+            "AvailabilityZone": "a",
+            "SpotPrice": "0.7",
+            "Timestamp": "2",
+        },
+        {
+            "InstanceType": "m5.8xlarge",
+            "AvailabilityZone": "b",
+            "SpotPrice": "0.9",
+            "Timestamp": "1",
+        },
     ]
     assert spot_usd_by_type(history) == {"m5.8xlarge": pytest.approx(0.8)}
 
@@ -102,7 +122,8 @@ def test_catalog_refresh_reads_spot_history_from_moto_and_keeps_what_it_cannot_r
     assert code == ExitCode.OK
     report = json.loads(stdout)
     assert report["spot_updated"] > 0
-    assert report["on_demand_updated"] == 0 and "kept as shipped" in report["problems"][0]
+    assert report["on_demand_updated"] == 0
+    assert "kept as shipped" in report["problems"][0]
     fresh, shipped = load_catalog(out), load_catalog()
     assert fresh.as_of != shipped.as_of
     refreshed = [t for t in fresh.types.values()

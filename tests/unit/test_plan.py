@@ -46,7 +46,8 @@ def _seed_node(name: str, count_nodes: int = 0) -> NodeProfile:
 def test_shipped_catalog_is_dated_sourced_and_covers_every_family() -> None:
     catalog = load_catalog()
     assert len(catalog.types) >= 30
-    assert catalog.as_of and catalog.sources
+    assert catalog.as_of
+    assert catalog.sources
     families = {t.family for t in catalog.types.values()}
     assert families == {"modern-x86", "older-x86", "graviton", "gpu", "inferentia"}
     offer = catalog.offer("r8g.8xlarge", "us-east-1")
@@ -91,7 +92,7 @@ def test_a_profile_from_a_failed_bench_says_what_failed(tmp_path: Path) -> None:
     report = {"modes": {"shared": {"error": "round 1: no task succeeded: boom"}}}
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(report))
-    with pytest.raises(InputError, match="bench failed in every mode.*boom"):
+    with pytest.raises(InputError, match=r"bench failed in every mode.*boom"):
         load_profile(path)
     with pytest.raises(InputError, match="not a `fleetinfer bench` report"):
         profile_from_report({"bench": {}}, "x")
@@ -152,7 +153,11 @@ def _seed_fleet(second: str) -> dict[str, object]:
         Allocation(pool_for(_seed_node(name), "spot", request), 2500)
         for name in ("c7i.8xlarge", second)
     )
-    plan = Plan(request, allocations, BacklogPolicy(target_in_flight_per_node=1, floor_nodes=5000, ceiling_nodes=5000))
+    plan = Plan(
+        request,
+        allocations,
+        BacklogPolicy(target_in_flight_per_node=1, floor_nodes=5000, ceiling_nodes=5000),
+    )
     return plan_to_json(plan)
 
 
@@ -163,7 +168,7 @@ def test_seed_example_graviton_instead_of_older_x86_doubles_the_contested_half()
         config = SimConfig(hours=2.0, seed=7, backlog=1e12, step_s=30.0)
         results[second] = simulate(pools_from_plan(document), policy_from_plan(document), config)
     older, graviton = results["m5.8xlarge"], results["r8g.8xlarge"]
-    half = {k: [v for name, v in r.per_pool.items() if not name.startswith("c7i")][0]["tasks_done"]
+    half = {k: next(v for name, v in r.per_pool.items() if not name.startswith("c7i"))["tasks_done"]
             for k, r in results.items()}  # fmt: skip
     assert half["r8g.8xlarge"] / half["m5.8xlarge"] >= 2.0
     whole = graviton.tasks_done / older.tasks_done
@@ -174,7 +179,9 @@ def test_seed_example_graviton_instead_of_older_x86_doubles_the_contested_half()
 def test_planner_given_older_x86_and_graviton_picks_graviton() -> None:
     catalog = load_catalog()
     offers = catalog.offers("us-east-1")
-    nodes = node_profiles(_profile(), offers, "shared", types=("c7i.8xlarge", "m5.8xlarge", "r8g.8xlarge"))
+    nodes = node_profiles(
+        _profile(), offers, "shared", types=("c7i.8xlarge", "m5.8xlarge", "r8g.8xlarge")
+    )
     request = PlanRequest(backlog=1_500_000_000, deadline_s=24 * 3600, min_pools=2, max_share=0.5,
                           pool_caps={"c7i.8xlarge": 2500})  # fmt: skip
     chosen = {a.pool.name for a in make_plan(nodes, request).allocations}
