@@ -242,6 +242,8 @@ def _validate(task: Any, mode: str, target: str | None, payloads: Path | None,
         f"measured `fleetinfer run`: {m['tasks_per_min_steady'] or float('nan'):.1f} tasks/min all "
         f"busy, {m['tasks_per_min']:.1f} whole run ({m['tasks']} tasks, {m['workers']} workers, "
         f"{m['duration_s']:.1f} s)\nmeasured ÷ projected: {document['measured_over_projected']:.3f}"
+        f"\nthe node obtained {m['cores_obtained']:.2f} of {p['instance']}'s cores (load "
+        f"{m['loadavg_1m']:.1f}); projection at those cores {document['projection_at_cores_obtained']:.1f}"
     )
 
 

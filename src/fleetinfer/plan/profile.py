@@ -53,6 +53,7 @@ class TaskProfile:
     model_calls_per_task: float
     model_share: float = DEFAULT_MODEL_SHARE
     launch_s: float = DEFAULT_LAUNCH_S
+    bench_workers: int | None = None
 
     def mode(self, name: str) -> ModeMeasure:
         if name not in self.modes:
@@ -146,6 +147,7 @@ def profile_from_report(
         host=_host(report, host_class),
         modes=modes,
         model_calls_per_task=float(limit.get("model_calls_per_task") or 0.0),
+        bench_workers=report.get("bench", {}).get("workers"),
     )
 
 

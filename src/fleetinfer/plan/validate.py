@@ -12,6 +12,8 @@ whole run.
 from __future__ import annotations
 
 import math
+import os
+import resource
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,32 +30,58 @@ CLIENT_FOR_MODE = {"isolated": "inprocess", "shared": "shared"}
 
 
 @dataclass(frozen=True, slots=True)
-class Validation:
-    projection: Projection
-    measured_tasks_per_min: float
-    measured_steady_tasks_per_min: float | None
+class NodeRun:
+    """What one `fleetinfer run` node did here."""
+
+    tasks_per_min: float
+    steady_tasks_per_min: float | None
     workers: int
     tasks: int
     duration_s: float
+    cpu_s: float
+    loadavg_1m: float
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    projection: Projection
+    run: NodeRun
+    cores: int
 
     @property
     def ratio(self) -> float:
-        measured = self.measured_steady_tasks_per_min or self.measured_tasks_per_min
+        measured = self.run.steady_tasks_per_min or self.run.tasks_per_min
         return measured / self.projection.tasks_per_min
 
+    @property
+    def cores_obtained(self) -> float:
+        """CPU seconds the node's processes got ÷ its run: below `cores` on a busy machine."""
+        return self.run.cpu_s / self.run.duration_s if self.run.duration_s else 0.0
+
     def to_json(self) -> dict[str, Any]:
+        run = self.run
+        at_obtained = self.projection.tasks_per_min * min(1.0, self.cores_obtained / self.cores)
         return {
             "projection": self.projection.to_json(),
             "measured": {
-                "tasks": self.tasks,
-                "workers": self.workers,
-                "duration_s": round(self.duration_s, 2),
-                "tasks_per_min": round(self.measured_tasks_per_min, 2),
+                "tasks": run.tasks,
+                "workers": run.workers,
+                "duration_s": round(run.duration_s, 2),
+                "tasks_per_min": round(run.tasks_per_min, 2),
                 "tasks_per_min_steady": None
-                if self.measured_steady_tasks_per_min is None
-                else round(self.measured_steady_tasks_per_min, 2),
+                if run.steady_tasks_per_min is None
+                else round(run.steady_tasks_per_min, 2),
+                "cpu_s": round(run.cpu_s, 2),
+                "cores_obtained": round(self.cores_obtained, 2),
+                "loadavg_1m": round(run.loadavg_1m, 2),
             },
             "measured_over_projected": round(self.ratio, 3),
+            "projection_at_cores_obtained": round(at_obtained, 1),
+            "measured_whole_run_over_projection_at_cores_obtained": round(
+                run.tasks_per_min / at_obtained, 3
+            )
+            if at_obtained
+            else None,
         }
 
 
@@ -75,10 +103,18 @@ def projection_here(profile: TaskProfile, mode: str) -> Projection:
     return project(profile.mode(mode).footprint, this_machine())
 
 
+def _cpu_s() -> float:
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def measure_node(
     target: str, payloads: Sequence[Any], *, mode: str, models: Path | None, workers: int | None
-) -> tuple[float, float | None, int, float]:
-    """Run one node on the payloads: (tasks/min whole run, steady, workers, duration s)."""
+) -> NodeRun:
+    """Run one node on the payloads (in this process; its workers and server are children)."""
     from fleetinfer.node.agent import NodeConfig, run_node
     from fleetinfer.queue import open_broker
     from fleetinfer.results import open_store
@@ -95,14 +131,23 @@ def measure_node(
         config = NodeConfig(target=target, queue_url=queue_url, results_url=results_url,
                             models=models, client_mode=CLIENT_FOR_MODE[mode], workers=workers,
                             exit_when_empty=True, metrics_port=None)  # fmt: skip
+        cpu_before = _cpu_s()
         report = run_node(config, handle_signals=False)
+        cpu_s = _cpu_s() - cpu_before
         with open_store(results_url) as store:
             finished = [r.finished_at for r in store.iter_results()]
     if not finished:
         raise InputError(f"the node run finished no task: {report.outcomes}")
     count = report.plan.workers
-    whole = len(finished) * 60.0 / report.duration_s
-    return whole, steady_tasks_per_min(finished, count), count, report.duration_s
+    return NodeRun(
+        tasks_per_min=len(finished) * 60.0 / report.duration_s,
+        steady_tasks_per_min=steady_tasks_per_min(finished, count),
+        workers=count,
+        tasks=len(finished),
+        duration_s=report.duration_s,
+        cpu_s=cpu_s,
+        loadavg_1m=os.getloadavg()[0],
+    )
 
 
 def validate(
@@ -115,7 +160,7 @@ def validate(
     workers: int | None = None,
 ) -> Validation:
     projection = projection_here(profile, mode)
-    whole, steady, used, duration = measure_node(
-        target, payloads, mode=mode, models=models, workers=workers
+    run = measure_node(
+        target, payloads, mode=mode, models=models, workers=workers or profile.bench_workers
     )
-    return Validation(projection, whole, steady, used, len(payloads), duration)
+    return Validation(projection, run, this_machine().vcpu)
