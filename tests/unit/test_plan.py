@@ -227,3 +227,13 @@ def test_arrivals_are_a_rate_or_a_schedule_and_bad_lines_are_named() -> None:
     assert parse_arrivals("# s,rate\n3600,10\n0,5\n") == [(0.0, 5.0), (3600.0, 10.0)]
     with pytest.raises(InputError, match="arrivals line 2"):
         parse_arrivals("0,5\nnoon,7")
+
+
+def test_a_planned_fleet_clears_its_backlog_by_the_deadline_in_simulation() -> None:
+    nodes = node_profiles(_profile(), load_catalog().offers("us-east-1"), "shared")
+    plan = make_plan(nodes, PlanRequest(backlog=300_000_000, deadline_s=6 * 3600))
+    document = plan_to_json(plan)
+    result = simulate(pools_from_plan(document), policy_from_plan(document),
+                      SimConfig(hours=8.0, seed=2, backlog=300_000_000))  # fmt: skip
+    assert result.backlog_cleared_s is not None
+    assert result.backlog_cleared_s <= 6 * 3600

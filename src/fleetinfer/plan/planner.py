@@ -16,8 +16,9 @@ Pools are taken cheapest $/task first, each up to `max_share` of the fleet's thr
 1 / `min_pools`, so at least `min_pools` pools carry the load), within its node cap and the fleet's
 `max_nodes`, until the fleet's rate finishes the backlog by the deadline:
 
-    completion = slowest start-up + backlog ÷ fleet tasks/min + tail (the longest task, plus the
-                 visibility timeout when an interruption is likely within it)
+    completion = slowest start-up + the policy's scale-out from 0 to the fleet (`scale_out_s`)
+                 + backlog ÷ fleet tasks/min + tail (the longest task, plus the visibility
+                 timeout when an interruption is likely within it)
     cost       = Σ nodes × $/h × completion
 """
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fleetinfer.errors import InfeasiblePlanError
-from fleetinfer.plan.policy import BacklogPolicy, policy_for
+from fleetinfer.plan.policy import BacklogPolicy, policy_for, scale_out_s
 from fleetinfer.plan.profile import NodeProfile
 
 NOTICE_S = 120.0
@@ -148,7 +149,10 @@ def completion_s(request: PlanRequest, allocations: Sequence[Allocation]) -> flo
     if rate <= 0:
         return math.inf
     startup = max(a.pool.node.startup_s for a in used)
-    return startup + request.backlog * 60.0 / rate + _tail_s(request, used)
+    ramp = scale_out_s(
+        policy_for(1, floor_nodes=0, ceiling_nodes=sum(a.nodes for a in used)), 10**9
+    )
+    return startup + ramp + request.backlog * 60.0 / rate + _tail_s(request, used)
 
 
 def _tail_s(request: PlanRequest, used: Sequence[Allocation]) -> float:
@@ -200,7 +204,7 @@ def make_plan(nodes: Sequence[NodeProfile], request: PlanRequest) -> Plan:
 
 def _fit(pools: Sequence[Pool], request: PlanRequest, rate: float) -> Plan | None:
     """Grow the rate asked of the mix until its completion (start-up and tail included) fits."""
-    for _ in range(40):
+    for _ in range(120):
         allocations = allocate(pools, request, rate)
         got = sum(a.nodes * a.pool.tasks_per_min for a in allocations)
         if got < rate * (1 - 1e-6):
@@ -239,10 +243,10 @@ def _deadline_error(pools: Sequence[Pool], request: PlanRequest) -> InfeasiblePl
 
 
 def _fixed_s(plan: Plan) -> float:
-    used = plan.allocations
-    if not used:
+    """The part of the completion that more nodes do not shorten: start-up, scale-out, tail."""
+    if plan.tasks_per_min <= 0:
         return 0.0
-    return max(a.pool.node.startup_s for a in used) + _tail_s(plan.request, used)
+    return plan.completion_s - plan.request.backlog * 60.0 / plan.tasks_per_min
 
 
 def _budget_error(plan: Plan, budget_usd: float) -> InfeasiblePlanError:

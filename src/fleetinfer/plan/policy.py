@@ -71,6 +71,22 @@ def desired_nodes(
     return nodes
 
 
+def scale_out_s(policy: BacklogPolicy, nodes: int, *, step_s: float = 10.0) -> float:
+    """Seconds the policy takes from its floor to `nodes` (at most its ceiling) under a backlog
+    that wants them all, deciding every `step_s`."""
+    target, current, elapsed = min(nodes, policy.ceiling_nodes), policy.floor_nodes, 0.0
+    while current < target:
+        current = desired_nodes(
+            policy,
+            queued=float(target) * policy.target_in_flight_per_node,
+            in_flight=0,
+            nodes=current,
+            elapsed_s=step_s,
+        )
+        elapsed += step_s
+    return elapsed
+
+
 def hpa_behavior(policy: BacklogPolicy) -> dict[str, Any]:
     """The Kubernetes HPA `behavior` block (KEDA `advanced.horizontalPodAutoscalerConfig`)."""
     return {
