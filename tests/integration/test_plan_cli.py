@@ -132,3 +132,28 @@ def test_catalog_refresh_reads_spot_history_from_moto_and_keeps_what_it_cannot_r
     offer = fresh.offer(refreshed[0].name, "us-east-1")
     assert offer.spot_usd_per_hour == pytest.approx(0.00001)  # moto's spot price for every type
     assert offer.on_demand_usd_per_hour == shipped.types[offer.name].usd_per_hour["us-east-1"]
+
+
+def test_validate_prints_the_projection_for_this_machine_beside_a_node_run(tmp_path: Path) -> None:
+    footprint = {
+        "worker_mib": 60.0,
+        "node_fixed_mib": 50.0,
+        "task_wall_s": 0.05,
+        "task_cpu_s": 0.05,
+    }
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({
+        "bench": {"target": "examples.tinyapp.tasks:score", "workers": 1},
+        "modes": {"isolated": {"projection": {"footprint": footprint}, "first_task_s": 1.0}},
+    }))  # fmt: skip
+    code, out, err = _run("plan", "--profile", str(bench), "--validate", "--mode", "isolated",
+                          "--target", "examples.tinyapp.tasks:score", "--models",
+                          str(ROOT / "examples/tinyapp/models"), "--payloads",
+                          str(ROOT / "examples/tinyapp/payloads.jsonl"), "--tasks", "6", "--json")  # fmt: skip
+    assert code == ExitCode.OK, err
+    document = json.loads(out.strip().splitlines()[-1])
+    assert document["measured"]["tasks"] == 6
+    assert document["measured"]["workers"] == 1
+    assert document["projection"]["instance"] == "this-machine"
+    assert document["projection_node_sized"]["tasks_per_min"] == pytest.approx(1200.0)
+    assert document["measured_over_projected"] > 0

@@ -235,15 +235,16 @@ def _validate(task: Any, mode: str, target: str | None, payloads: Path | None,
     if as_json:
         print_json(document)
         return
-    p, m = document["projection"], document["measured"]
+    p, m, n = document["projection"], document["measured"], document["projection_node_sized"]
     stdout.print(
-        f"projection for this machine ({p['instance']}, {mode}): {p['tasks_per_min']:.1f} tasks/min, "
-        f"{p['workers']} workers ({p['bound_by']})\n"
+        f"projection for this machine ({mode}): {n['tasks_per_min']:.1f} tasks/min with the node's "
+        f"{n['workers']} workers (bench formula: {p['tasks_per_min']:.1f} with {p['workers']}, "
+        f"{p['bound_by']}-bound)\n"
         f"measured `fleetinfer run`: {m['tasks_per_min_steady'] or float('nan'):.1f} tasks/min all "
-        f"busy, {m['tasks_per_min']:.1f} whole run ({m['tasks']} tasks, {m['workers']} workers, "
-        f"{m['duration_s']:.1f} s)\nmeasured ÷ projected: {document['measured_over_projected']:.3f}"
-        f"\nthe node obtained {m['cores_obtained']:.2f} of {p['instance']}'s cores (load "
-        f"{m['loadavg_1m']:.1f}); projection at those cores {document['projection_at_cores_obtained']:.1f}"
+        f"busy, {m['tasks_per_min']:.1f} whole run ({m['tasks']} tasks, {m['duration_s']:.1f} s)\n"
+        f"measured ÷ projected: {document['measured_over_projected']:.3f}\n"
+        f"the node obtained {m['cores_obtained']:.2f} cores (load {m['loadavg_1m']:.1f}); "
+        f"projection at those cores: {document['projection_at_cores_obtained']:.1f} tasks/min"
     )
 
 

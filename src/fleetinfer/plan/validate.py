@@ -2,7 +2,12 @@
 
 The projection is the bench's formula (`fleetinfer.bench.projection.project`) on this machine's
 shape (usable cores, total memory), from the profile's footprint of one mode; no speed factor is
-applied (the profile was measured here). The measurement is `fleetinfer run` on the same task: the
+applied (the profile was measured here). The formula sizes workers by cores as
+floor(vCPU × wall / CPU), which on a 2-vCPU machine drops a worker the node does run (1.7 → 1),
+so the comparison uses the same formula with the node's own worker count (`fleetinfer run` sizes
+min(cores, memory)): min(W × 60 / wall, cores × 60 / CPU s); both are printed. On a shared machine
+the node gets fewer cores than it has: the CPU seconds its processes got over its run say how many
+(`cores_obtained`), and the projection at those cores is printed too. The measurement is `fleetinfer run` on the same task: the
 payloads go to a fresh SQLite queue, one node drains it (`--exit-when-empty`), and its rate is
 taken from the results store: tasks/min while every worker is busy (the bench's steady rate: with
 finishes sorted and W workers, (n - 2W + 1) × 60 / (finish[n-W] - finish[W-1])), and over the
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetinfer.bench.instances import InstanceShape
-from fleetinfer.bench.projection import Projection, project
+from fleetinfer.bench.projection import ModeFootprint, Projection, project
 from fleetinfer.bench.report import steady_tasks_per_min
 from fleetinfer.errors import InputError
 from fleetinfer.plan.profile import TaskProfile
@@ -44,14 +49,24 @@ class NodeRun:
 
 @dataclass(frozen=True, slots=True)
 class Validation:
-    projection: Projection
+    projection: Projection  # the bench's formula on this machine's shape
+    footprint: ModeFootprint
     run: NodeRun
     cores: int
 
     @property
+    def node_sized_tasks_per_min(self) -> float:
+        """The projection with the workers the node runs: min(W × 60 / wall, cores × 60 / CPU)."""
+        f = self.footprint
+        return min(self.run.workers * 60.0 / f.task_wall_s, self.cores * 60.0 / f.task_cpu_s)
+
+    @property
+    def measured_tasks_per_min(self) -> float:
+        return self.run.steady_tasks_per_min or self.run.tasks_per_min
+
+    @property
     def ratio(self) -> float:
-        measured = self.run.steady_tasks_per_min or self.run.tasks_per_min
-        return measured / self.projection.tasks_per_min
+        return self.measured_tasks_per_min / self.node_sized_tasks_per_min
 
     @property
     def cores_obtained(self) -> float:
@@ -59,10 +74,16 @@ class Validation:
         return self.run.cpu_s / self.run.duration_s if self.run.duration_s else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        run = self.run
-        at_obtained = self.projection.tasks_per_min * min(1.0, self.cores_obtained / self.cores)
+        run, f = self.run, self.footprint
+        at_obtained = min(
+            run.workers * 60.0 / f.task_wall_s, self.cores_obtained * 60.0 / f.task_cpu_s
+        )
         return {
             "projection": self.projection.to_json(),
+            "projection_node_sized": {
+                "workers": run.workers,
+                "tasks_per_min": round(self.node_sized_tasks_per_min, 2),
+            },
             "measured": {
                 "tasks": run.tasks,
                 "workers": run.workers,
@@ -76,12 +97,10 @@ class Validation:
                 "loadavg_1m": round(run.loadavg_1m, 2),
             },
             "measured_over_projected": round(self.ratio, 3),
-            "projection_at_cores_obtained": round(at_obtained, 1),
-            "measured_whole_run_over_projection_at_cores_obtained": round(
-                run.tasks_per_min / at_obtained, 3
-            )
-            if at_obtained
-            else None,
+            "measured_over_bench_formula": round(
+                self.measured_tasks_per_min / self.projection.tasks_per_min, 3
+            ),
+            "projection_at_cores_obtained": round(at_obtained, 2),
         }
 
 
@@ -163,4 +182,4 @@ def validate(
     run = measure_node(
         target, payloads, mode=mode, models=models, workers=workers or profile.bench_workers
     )
-    return Validation(projection, run, this_machine().vcpu)
+    return Validation(projection, profile.mode(mode).footprint, run, this_machine().vcpu)
