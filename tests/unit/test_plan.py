@@ -237,3 +237,10 @@ def test_a_planned_fleet_clears_its_backlog_by_the_deadline_in_simulation() -> N
                       SimConfig(hours=8.0, seed=2, backlog=300_000_000))  # fmt: skip
     assert result.backlog_cleared_s is not None
     assert result.backlog_cleared_s <= 6 * 3600
+
+
+def test_fewer_types_than_min_pools_is_refused_naming_the_types() -> None:
+    nodes = node_profiles(_profile(), load_catalog().offers("us-east-1"), "shared",
+                          types=("c7i.8xlarge", "r8g.8xlarge"))  # fmt: skip
+    with pytest.raises(InfeasiblePlanError, match=r"--min-pools 3 .* 2 instance types"):
+        make_plan(nodes, PlanRequest(backlog=1000, deadline_s=6 * 3600))

@@ -190,6 +190,12 @@ def make_plan(nodes: Sequence[NodeProfile], request: PlanRequest) -> Plan:
     pools = candidate_pools(nodes, request)
     if not pools:
         raise InfeasiblePlanError("no instance type in the catalog can run one worker of this task")
+    if len(pools) < request.min_pools:
+        raise InfeasiblePlanError(
+            f"--min-pools {request.min_pools} asks for more pools than the {len(pools)} instance "
+            f"types that can run the task ({', '.join(p.name for p in pools)}): lower --min-pools "
+            "or allow more types (--types, --families)"
+        )
     startup = max(p.node.startup_s for p in pools)
     plan: Plan | None = None
     window_s = request.deadline_s - startup - max(p.node.task_wall_s for p in pools)

@@ -164,7 +164,7 @@ class FleetSimulation:
             elif kind == NOTICE and node.state in ("starting", "running"):
                 self._notice(node_id, node, at)
             elif kind == GONE:
-                self._terminate(node_id, node, at)
+                self._retire(node, at)
 
     def _arrivals(self, step: float) -> None:
         rate = _rate_at(self.config.arrivals_per_min, self.now)
@@ -213,7 +213,7 @@ class FleetSimulation:
     def _scale_in(self, index: int) -> None:
         state = self.state[index]
         node_id = state.starting.pop() if state.starting else state.running.pop()
-        self._stop(node_id, self.nodes[node_id], self.now)
+        self._retire(self.nodes[node_id], self.now)
 
     # -- node events ---------------------------------------------------------------------------
 
@@ -245,11 +245,8 @@ class FleetSimulation:
         node.state = "draining"
         heapq.heappush(self.events, (at + self.config.notice_s, GONE, node_id))
 
-    def _terminate(self, node_id: int, node: _Node, at: float) -> None:
-        self._bill(node, at)
-        node.state = "gone"
-
-    def _stop(self, node_id: int, node: _Node, at: float) -> None:
+    def _retire(self, node: _Node, at: float) -> None:
+        """Scaled in, or gone 2 minutes after its notice: billed until `at`."""
         self._bill(node, at)
         node.state = "gone"
 

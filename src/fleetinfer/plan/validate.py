@@ -151,7 +151,7 @@ def measure_node(
                             models=models, client_mode=CLIENT_FOR_MODE[mode], workers=workers,
                             exit_when_empty=True, metrics_port=None)  # fmt: skip
         cpu_before = _cpu_s()
-        report = run_node(config, handle_signals=False)
+        report = run_node(config)  # SIGTERM / Ctrl-C drain it and stop its server
         cpu_s = _cpu_s() - cpu_before
         with open_store(results_url) as store:
             finished = [r.finished_at for r in store.iter_results()]
