@@ -24,12 +24,18 @@ def curve(plan: Plan) -> list[tuple[float, float]]:
     return points
 
 
+def _minor_label(value: float, _position: int) -> str:
+    """Label 2-8 × a power of ten; 9 would crowd the next major tick."""
+    return "" if f"{value:g}".startswith("9") else f"{value:g}"
+
+
 def write_plan_chart(plan: Plan, alternatives: Sequence[Plan], path: Path) -> Path:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib import ticker
     except ImportError as exc:
         raise MissingExtraError("matplotlib", "bench", "the plan's chart") from exc
     figure, axis = plt.subplots(figsize=(8, 5))
@@ -40,9 +46,13 @@ def write_plan_chart(plan: Plan, alternatives: Sequence[Plan], path: Path) -> Pa
         axis.plot(hours, costs, ".--", linewidth=1, label=alternative.allocations[0].pool.name)
     axis.axvline(plan.request.deadline_s / 3600.0, color="red", linestyle=":", label="deadline")
     axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.xaxis.set_minor_formatter(ticker.FuncFormatter(_minor_label))
     axis.set_xlabel("completion time, h")
     axis.set_ylabel("expected cost, $")
-    axis.set_title(f"{plan.request.backlog:,} tasks: cost vs completion time")
+    axis.set_title(
+        f"{plan.request.backlog:,} tasks: cost vs completion time (each fleet scaled x0.25 to x4)"
+    )
     axis.legend(fontsize=7)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
