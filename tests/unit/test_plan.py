@@ -244,3 +244,9 @@ def test_fewer_types_than_min_pools_is_refused_naming_the_types() -> None:
                           types=("c7i.8xlarge", "r8g.8xlarge"))  # fmt: skip
     with pytest.raises(InfeasiblePlanError, match=r"--min-pools 3 .* 2 instance types"):
         make_plan(nodes, PlanRequest(backlog=1000, deadline_s=6 * 3600))
+
+
+def test_a_deadline_shorter_than_start_up_says_no_fleet_meets_it() -> None:
+    nodes = node_profiles(_profile(), load_catalog().offers("us-east-1"), "shared")
+    with pytest.raises(InfeasiblePlanError, match=r"so no fleet meets it\. What would meet it"):
+        make_plan(nodes, PlanRequest(backlog=1000, deadline_s=30))

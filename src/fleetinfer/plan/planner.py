@@ -231,21 +231,26 @@ def _plan(request: PlanRequest, allocations: Sequence[Allocation]) -> Plan:
 
 def _deadline_error(pools: Sequence[Pool], request: PlanRequest) -> InfeasiblePlanError:
     best = _plan(request, fastest(pools, request))
-    done_s = best.completion_s
-    late_h = (done_s - request.deadline_s) / 3600.0
-    need_rate = best.tasks_per_min * max(
-        1.0, (done_s - _fixed_s(best)) / max(1.0, request.deadline_s - _fixed_s(best))
-    )
-    nodes_needed = math.ceil(best.nodes * need_rate / max(best.tasks_per_min, 1e-9))
-    fits = int(max(0.0, request.deadline_s - _fixed_s(best)) * best.tasks_per_min / 60.0)
-    return InfeasiblePlanError(
+    done_s, fixed_s = best.completion_s, _fixed_s(best)
+    said = (
         f"the deadline of {request.deadline_s / 3600:.2f} h cannot be met: the fastest mix within "
-        f"--max-nodes {request.max_nodes} (and the pool caps; {best.nodes} nodes, "
+        f"--max-nodes {request.max_nodes} and the pool caps ({best.nodes:,} nodes, "
         f"{best.tasks_per_min:,.0f} tasks/min) finishes {request.backlog:,} tasks in "
-        f"{done_s / 3600:.2f} h, {late_h:.2f} h late. What would meet it: --deadline "
-        f"{math.ceil(done_s / 360) / 10:.1f}h, or about {nodes_needed:,} nodes (--max-nodes, "
+        f"{done_s / 3600:.2f} h, {(done_s - request.deadline_s) / 3600:.2f} h late"
+    )
+    later = f"--deadline {math.ceil(done_s / 360) / 10:.1f}h"
+    if request.deadline_s <= fixed_s:
+        return InfeasiblePlanError(
+            f"{said}; start-up, scale-out and the longest task alone take {fixed_s / 3600:.2f} h, "
+            f"so no fleet meets it. What would meet it: {later}"
+        )
+    rate_needed = request.backlog * 60.0 / (request.deadline_s - fixed_s)
+    nodes_needed = math.ceil(best.nodes * rate_needed / best.tasks_per_min)
+    fits = int((request.deadline_s - fixed_s) * best.tasks_per_min / 60.0)
+    return InfeasiblePlanError(
+        f"{said}. What would meet it: {later}, or about {nodes_needed:,} nodes (--max-nodes, "
         f"--pool-cap), or a backlog of at most {fits:,} tasks"
-    )  # fmt: skip
+    )
 
 
 def _fixed_s(plan: Plan) -> float:
