@@ -244,7 +244,8 @@ def _validate(task: Any, mode: str, target: str | None, payloads: Path | None,
         f"busy, {m['tasks_per_min']:.1f} whole run ({m['tasks']} tasks, {m['duration_s']:.1f} s)\n"
         f"measured ÷ projected: {document['measured_over_projected']:.3f}\n"
         f"the node obtained {m['cores_obtained']:.2f} cores (load {m['loadavg_1m']:.1f}); "
-        f"projection at those cores: {document['projection_at_cores_obtained']:.1f} tasks/min"
+        f"projection at those cores: {document['projection_at_cores_obtained']:.1f} tasks/min "
+        f"(measured ÷ it: {document['measured_over_projection_at_cores_obtained'] or float('nan'):.3f})"
     )
 
 

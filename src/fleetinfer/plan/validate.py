@@ -101,6 +101,11 @@ class Validation:
                 self.measured_tasks_per_min / self.projection.tasks_per_min, 3
             ),
             "projection_at_cores_obtained": round(at_obtained, 2),
+            "measured_over_projection_at_cores_obtained": round(
+                self.measured_tasks_per_min / at_obtained, 3
+            )
+            if at_obtained
+            else None,
         }
 
 
