@@ -157,3 +157,17 @@ def test_validate_prints_the_projection_for_this_machine_beside_a_node_run(tmp_p
     assert document["projection"]["instance"] == "this-machine"
     assert document["projection_node_sized"]["tasks_per_min"] == pytest.approx(1200.0)
     assert document["measured_over_projected"] > 0
+
+
+def test_catalog_refresh_without_credentials_exits_with_the_config_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code, _, err = _run("catalog", "refresh", "--out", str(tmp_path / "c.json"))
+    assert code == ExitCode.CONFIG
+    assert "needs AWS credentials" in err
+    assert not (tmp_path / "c.json").exists()
