@@ -130,6 +130,7 @@ class FleetSimulation:
         self.queue: deque[list[float]] = deque()  # [arrival s, count]
         self.redeliveries: list[tuple[float, float]] = []  # (visible again at s, count)
         self.in_flight = 0.0
+        self.last_busy = 0.0  # share of the running capacity used in the last step
         self.latencies: list[np.ndarray[Any, Any]] = []
         self.weights_done: list[np.ndarray[Any, Any]] = []
         self.arrived = self.redelivered = 0.0
@@ -148,8 +149,8 @@ class FleetSimulation:
             self._events_until(self.now)
             self._arrivals(step)
             self._release_redeliveries()
-            self._scale(step)
             self._serve(step)
+            self._scale(step)  # on what the autoscaler sees: the tasks left waiting, in flight
             self.now += step
         return self._result(end_s)
 
@@ -229,7 +230,7 @@ class FleetSimulation:
         state.interruptions += 1
         if node.state == "running":
             state.running.remove(node_id)
-            busy = self._busy_share()
+            busy = self.last_busy
             lost = (
                 busy
                 * pool.workers
@@ -288,9 +289,6 @@ class FleetSimulation:
             self.latencies.append(self.now - np.asarray(arrivals) + wall)
             self.weights_done.append(np.asarray(counts))
         return taken
-
-    def _busy_share(self) -> float:
-        return getattr(self, "last_busy", 0.0)
 
     def _mean_wall(self) -> float:
         walls = [
