@@ -250,3 +250,15 @@ def test_a_deadline_shorter_than_start_up_says_no_fleet_meets_it() -> None:
     nodes = node_profiles(_profile(), load_catalog().offers("us-east-1"), "shared")
     with pytest.raises(InfeasiblePlanError, match=r"so no fleet meets it\. What would meet it"):
         make_plan(nodes, PlanRequest(backlog=1000, deadline_s=30))
+
+
+def test_the_policy_holds_a_fleet_near_the_load_not_at_its_ceiling() -> None:
+    document = _seed_fleet("r8g.8xlarge")
+    document["policy"] = BacklogPolicy(target_in_flight_per_node=31, ceiling_nodes=5000).to_json()
+    pools = pools_from_plan(document)
+    fleet_rate = sum(p.max_nodes * p.tasks_per_min for p in pools)
+    config = SimConfig(hours=6.0, seed=1, arrivals_per_min=((0.0, 0.1 * fleet_rate),))
+    result = simulate(pools, policy_from_plan(document), config)
+    held_usd = sum(p.max_nodes * p.spot_usd_per_hour for p in pools) * 6.0
+    assert result.tasks_done == pytest.approx(result.tasks_arrived, rel=0.01)
+    assert result.cost_usd < 0.15 * held_usd
