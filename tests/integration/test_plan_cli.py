@@ -38,11 +38,12 @@ def test_plan_writes_json_and_a_chart_that_simulate_reads(tmp_path: Path) -> Non
     assert result["latency_p95_s"] > 0
 
 
-def test_plan_table_lists_the_task_on_every_cpu_type() -> None:
-    code, out, _ = _run("plan", "--profile", HEAVY, "--table", "--json")
+def test_plan_table_lists_the_task_on_every_cpu_type_in_every_mode() -> None:
+    code, out, _ = _run("plan", "--profile", HEAVY, "--table", "--mode", "all", "--json")
     assert code == ExitCode.OK
     rows = json.loads(out)
     assert {r["family"] for r in rows} == {"modern-x86", "older-x86", "graviton"}
+    assert {r["mode"] for r in rows} == {"isolated-per-task", "isolated", "shared", "triton"}
     assert all(r["workers"] > 0 and r["bound_by"] in ("cores", "memory") for r in rows)
 
 

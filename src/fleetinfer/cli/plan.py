@@ -62,7 +62,9 @@ def plan(
     budget: Annotated[float | None, typer.Option("--budget", help="Most $ to spend.")] = None,
     region: Annotated[str, typer.Option("--region", help="Catalog region.")] = "us-east-1",
     catalog: CatalogOption = None,
-    mode: Annotated[str, typer.Option("--mode", help="Serving mode of the profile.")] = "shared",
+    mode: Annotated[
+        str, typer.Option("--mode", help="Serving mode of the profile (--table: or all).")
+    ] = "shared",
     min_pools: Annotated[int, typer.Option("--min-pools", min=1, help="Pools at least.")] = 3,
     max_share: Annotated[
         float, typer.Option("--max-share", min=0.01, max=1.0, help="Most throughput per pool.")
@@ -112,12 +114,13 @@ def plan(
             _validate(task, mode, target, payloads, models, tasks, workers, as_json)
             return
         book = load_catalog(catalog)
-        nodes = node_profiles(task, book.offers(region), mode,
-                              families=_split(families), types=_split(types))  # fmt: skip
-        task.mode(mode)
+        offers = book.offers(region)
         if table_only:
-            _print_profile_table(nodes, as_json)
+            modes = sorted(task.modes) if mode == "all" else [mode]
+            _print_profile_table([n for m in modes for n in node_profiles(
+                task, offers, m, families=_split(families), types=_split(types))], as_json)  # fmt: skip
             return
+        nodes = node_profiles(task, offers, mode, families=_split(families), types=_split(types))
         if backlog <= 0:
             raise InputError("--backlog: expected the number of tasks to finish (> 0), got 0")
         _plan(book, task, nodes, mode=mode, backlog=backlog, deadline_s=parse_duration_s(deadline),
@@ -194,12 +197,13 @@ def _plan_table(document: dict[str, Any]) -> Table:
 
 
 def _print_profile_table(nodes: Any, as_json: bool) -> None:
-    rows = [n.to_json() for n in sorted(nodes, key=lambda n: -n.tasks_per_usd_spot)]
+    rows = [n.to_json() for n in sorted(nodes, key=lambda n: (n.mode, -n.tasks_per_usd_spot))]
     if as_json:
         print_json(rows)
         return
     table = Table(title="the task on each instance type (sorted by spot tasks/$)")
     for column in (
+        "mode",
         "instance",
         "family",
         "speed",
@@ -209,9 +213,11 @@ def _print_profile_table(nodes: Any, as_json: bool) -> None:
         "tasks/$ spot",
         "band",
     ):
-        table.add_column(column, justify="left" if column in ("instance", "family") else "right")
+        table.add_column(
+            column, justify="left" if column in ("mode", "instance", "family") else "right"
+        )
     for r in rows:
-        table.add_row(r["instance"], r["family"], f"{r['speed']:.2f}", f"{r['workers']} ({r['bound_by']})",
+        table.add_row(r["mode"], r["instance"], r["family"], f"{r['speed']:.2f}", f"{r['workers']} ({r['bound_by']})",
                       f"{r['tasks_per_min']:,.1f}", f"{r['tasks_per_usd_on_demand']:,.0f}",
                       f"{r['tasks_per_usd_spot']:,.0f}", r["interruption_band"])  # fmt: skip
     stdout.print(table)
