@@ -6,7 +6,8 @@ FleetinferError
 │   ├── MissingExtraError       an optional driver is not installed: the message names the extra
 │   ├── ModelConfigError        a model repository entry is missing or inconsistent
 │   ├── UnsupportedBuildError   a compile target / precision cannot be built here
-│   └── NoFeasibleProfileError  no profiled configuration meets the constraints
+│   ├── NoFeasibleProfileError  no profiled configuration meets the constraints
+│   └── InfeasiblePlanError     no instance mix meets the deadline / budget (says what would)
 ├── InputError                  fix the input; retrying the same thing fails the same way
 │   ├── PayloadTooLargeError    a message or request above its size limit
 │   ├── MalformedMessageError   a message that is not valid JSON / not a task envelope
@@ -137,6 +138,11 @@ class UnsupportedBuildError(ConfigError):
 
 class NoFeasibleProfileError(ConfigError):
     """No profiled configuration meets the latency and memory constraints."""
+
+
+class InfeasiblePlanError(ConfigError):
+    """No instance mix meets the deadline or the budget; the message says by how much and what
+    would (`fleetinfer plan`)."""
 
 
 class CalibrationError(InputError):

@@ -12,6 +12,7 @@ fleetinfer compile REPO/MODEL --target T --precision P
 fleetinfer profile REPO/MODEL
 fleetinfer demo                                (the main job on the embedded defaults)
 fleetinfer bench APP:TASK --models REPO --payloads FILE   (serving modes side by side)
+fleetinfer plan --profile BENCH.json --backlog N --deadline 6h   (instance mix; simulate, catalog)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fleetinfer.cli.config_cmd import config_app
 from fleetinfer.cli.demo import demo
 from fleetinfer.cli.dlq import dlq_app
 from fleetinfer.cli.model import model_app
+from fleetinfer.cli.plan import catalog_app, plan, simulate
 from fleetinfer.cli.results import results_app
 from fleetinfer.cli.run import run
 from fleetinfer.cli.serve import serve_command
@@ -51,6 +53,9 @@ app.command("compile")(compile_cmd)
 app.command("profile")(profile_cmd)
 app.command("demo")(demo)
 app.command("bench")(bench)
+app.command("plan")(plan)
+app.command("simulate")(simulate)
+app.add_typer(catalog_app, name="catalog")
 
 
 def main() -> None:
