@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import typer.main
 
+from fleetinfer.config import load_config_file
 from fleetinfer.server.repository import parse_config
 from tests.helpers.tiny_models import affine_model
 
@@ -67,8 +68,15 @@ def test_the_python_blocks_of_every_page_are_valid_python(page: Path) -> None:
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "toml")], ids=lambda p: p.name)
-def test_every_model_config_example_in_a_page_is_a_valid_config(page: Path, tmp_path: Path) -> None:
+def test_every_toml_example_in_a_page_is_a_valid_node_or_model_config(
+    page: Path, tmp_path: Path
+) -> None:
+    """A block with a `[node]` table is a fleetinfer.toml; any other is a model's config.toml."""
     for block in blocks(page, "toml"):
+        if "node" in tomllib.loads(block):
+            (tmp_path / "fleetinfer.toml").write_text(block)
+            load_config_file(tmp_path / "fleetinfer.toml")
+            continue
         name = tomllib.loads(block)["name"]
         (tmp_path / name).mkdir(exist_ok=True)
         (tmp_path / name / "config.toml").write_text(block)
