@@ -14,11 +14,13 @@ from fleetinfer.deploy import load_deployment, render_files
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _rendered(tmp_path: Path, name: str) -> dict[str, Any]:
+def _rendered(tmp_path: Path, name: str, *, queue: str | None = None) -> dict[str, Any]:
     """The example's ECS files with its service, family and cluster named `name`."""
     text = (ROOT / "deploy" / "fleetinfer.toml").read_text("utf-8")
     text = text.replace('name = "fleetinfer"\n', f'name = "{name}"\n')
     text = text.replace('cluster = "fleetinfer"', f'cluster = "{name}"')
+    if queue is not None:
+        text = text.replace("redis://queue.internal:6379/0?queue=segments", queue)
     config = tmp_path / "fleetinfer.toml"
     config.write_text(text.replace("../examples/", f"{ROOT}/examples/"), "utf-8")
     files = render_files("ecs", load_deployment(config))
@@ -90,3 +92,38 @@ def test_rendered_ecs_definitions_register_in_moto_and_read_back(
     cloudwatch.put_metric_alarm(**alarm_request)
     alarm = cloudwatch.describe_alarms(AlarmNames=[alarm_request["AlarmName"]])["MetricAlarms"][0]
     assert (alarm["MetricName"], alarm["Threshold"]) == ("QueueBacklog", 6400.0)  # 200 nodes x 32
+
+
+def test_an_sqs_queue_scales_ecs_on_sqs_metrics_registered_in_moto(
+    moto_endpoint: str, unique_name: str, tmp_path: Path
+) -> None:
+    files = _rendered(tmp_path, unique_name, queue=f"sqs://{unique_name}?region=us-east-1")
+    scaling = files["scaling.json"]
+    metrics = scaling["putScalingPolicy"]["TargetTrackingScalingPolicyConfiguration"][
+        "CustomizedMetricSpecification"
+    ]["Metrics"]
+    names = [m["MetricStat"]["Metric"]["MetricName"] for m in metrics if "MetricStat" in m]
+    assert names == [
+        "ApproximateNumberOfMessagesVisible", "ApproximateNumberOfMessagesNotVisible",
+        "RunningTaskCount",
+    ]  # fmt: skip
+    ecs = boto3.client("ecs", endpoint_url=moto_endpoint, region_name="us-east-1")
+    ecs.create_cluster(clusterName=unique_name)
+    ecs.register_task_definition(**files["task-definition.json"])
+    ecs.create_service(**files["service.json"])
+    autoscaling = boto3.client(
+        "application-autoscaling", endpoint_url=moto_endpoint, region_name="us-east-1"
+    )
+    autoscaling.register_scalable_target(**scaling["registerScalableTarget"])
+    autoscaling.put_scaling_policy(**scaling["putScalingPolicy"])
+    policy = autoscaling.describe_scaling_policies(
+        ServiceNamespace="ecs", ResourceId=scaling["registerScalableTarget"]["ResourceId"]
+    )["ScalingPolicies"][0]
+    sent = scaling["putScalingPolicy"]["TargetTrackingScalingPolicyConfiguration"]
+    assert policy["TargetTrackingScalingPolicyConfiguration"] == sent
+    cloudwatch = boto3.client("cloudwatch", endpoint_url=moto_endpoint, region_name="us-east-1")
+    cloudwatch.put_metric_alarm(**scaling["putMetricAlarm"])
+    alarm = cloudwatch.describe_alarms(AlarmNames=[scaling["putMetricAlarm"]["AlarmName"]])
+    queries = alarm["MetricAlarms"][0]["Metrics"]
+    assert [q["Id"] for q in queries] == ["visible", "in_flight", "backlog"]
+    assert queries[2]["Expression"] == "visible + in_flight"

@@ -10,10 +10,12 @@
     scaling.json              RegisterScalableTarget, PutScalingPolicy (target tracking on the
                               backlog per task), PutMetricAlarm (the fleet at its ceiling)
 
-The backlog per task is metric math over `QueueBacklog` (namespace `deploy.ecs.metric_namespace`,
-dimension `Queue`), the custom metric the node's exporter publishes: the queue gauges
-`fleetinfer_queue_messages{state=visible|in_flight|delayed}` summed (docs/deploy.md), divided by
-the service's `RunningTaskCount` (Container Insights). Its target is the backlog policy's.
+The backlog per task is metric math: queued + in flight (for an SQS queue SQS's own
+`ApproximateNumberOfMessagesVisible` + `…NotVisible`; for Redis `QueueBacklog`, namespace
+`deploy.ecs.metric_namespace`, dimension `Queue`: the custom metric the node's exporter publishes,
+the gauges `fleetinfer_queue_messages{state=visible|in_flight|delayed}` summed, docs/deploy.md),
+divided by the service's `RunningTaskCount` (Container Insights). Its target is the backlog
+policy's.
 """
 
 from __future__ import annotations
@@ -216,37 +218,72 @@ def _target_per_task(policy: BacklogPolicy, nodes_per_task: int) -> float:
 
 
 def _backlog_per_task(d: Deployment) -> list[dict[str, Any]]:
-    backlog = {"Namespace": d.deploy.ecs.metric_namespace, "MetricName": "QueueBacklog",
-               "Dimensions": [{"Name": "Queue", "Value": d.queue.name}]}  # fmt: skip
+    """Queued + in flight, divided by the running tasks: SQS's own metrics for an SQS queue,
+    else `QueueBacklog`, the custom metric the node's exporter publishes."""
     tasks = {"Namespace": "ECS/ContainerInsights", "MetricName": "RunningTaskCount",
              "Dimensions": [{"Name": "ClusterName", "Value": d.deploy.ecs.cluster},
                             {"Name": "ServiceName", "Value": d.deploy.name}]}  # fmt: skip
+    metrics = [_stat(m, metric, stat) for m, metric, stat in _backlog_metrics(d)]
+    backlog = " + ".join(m["Id"] for m in metrics)
     return [
-        {"Id": "backlog", "MetricStat": {"Metric": backlog, "Stat": "Maximum"},
-         "ReturnData": False},
-        {"Id": "tasks", "MetricStat": {"Metric": tasks, "Stat": "Average"}, "ReturnData": False},
-        {"Id": "per_task", "Expression": "backlog / MAX([tasks, 1])",
+        *metrics,
+        _stat("tasks", tasks, "Average"),
+        {"Id": "per_task", "Expression": f"({backlog}) / tasks",
          "Label": "queued + in flight per task", "ReturnData": True},
     ]  # fmt: skip
+
+
+def _backlog_metrics(d: Deployment) -> list[tuple[str, dict[str, Any], str]]:
+    if d.queue.kind == "sqs":
+        sqs = [{"Name": "QueueName", "Value": d.queue.name}]
+        return [
+            ("visible", {"Namespace": "AWS/SQS", "MetricName": "ApproximateNumberOfMessagesVisible",
+                         "Dimensions": sqs}, "Maximum"),
+            ("in_flight", {"Namespace": "AWS/SQS",
+                           "MetricName": "ApproximateNumberOfMessagesNotVisible",
+                           "Dimensions": sqs}, "Maximum"),
+        ]  # fmt: skip
+    return [("backlog", _backlog_metric(d), "Maximum")]
+
+
+def _backlog_metric(d: Deployment) -> dict[str, Any]:
+    return {"Namespace": d.deploy.ecs.metric_namespace, "MetricName": "QueueBacklog",
+            "Dimensions": [{"Name": "Queue", "Value": d.queue.name}]}  # fmt: skip
+
+
+def _stat(
+    metric_id: str, metric: dict[str, Any], stat: str, *, period_s: int | None = None
+) -> dict[str, Any]:
+    """A metric of a metric-math query (an alarm's needs its period; a policy's has none)."""
+    metric_stat: dict[str, Any] = {"Metric": metric, "Stat": stat}
+    if period_s is not None:
+        metric_stat["Period"] = period_s
+    return {"Id": metric_id, "MetricStat": metric_stat, "ReturnData": False}
 
 
 def _ceiling_alarm(d: Deployment) -> dict[str, Any]:
     """The fleet at its ceiling still has more than a full fleet's backlog: raise the ceiling."""
     full = d.policy.ceiling_nodes * math.ceil(d.policy.target_in_flight_per_node)
-    return {
+    alarm: dict[str, Any] = {
         "AlarmName": f"{d.deploy.name}-backlog-above-ceiling",
         "AlarmDescription": (
             f"{d.deploy.name}: backlog above {full} tasks (deploy.max_nodes "
             f"{d.policy.ceiling_nodes} × {math.ceil(d.policy.target_in_flight_per_node)} per "
             f"node) for {CEILING_ALARM_MINUTES} min: raise deploy.max_nodes"
         ),
-        "Namespace": d.deploy.ecs.metric_namespace,
-        "MetricName": "QueueBacklog",
-        "Dimensions": [{"Name": "Queue", "Value": d.queue.name}],
-        "Statistic": "Maximum",
-        "Period": 60,
         "EvaluationPeriods": CEILING_ALARM_MINUTES,
         "Threshold": float(full),
         "ComparisonOperator": "GreaterThanThreshold",
         "TreatMissingData": "notBreaching",
     }
+    if d.queue.kind == "sqs":
+        metrics = [
+            _stat(m, metric, stat) | {"Period": 60} for m, metric, stat in _backlog_metrics(d)
+        ]
+        for entry in metrics:
+            entry["MetricStat"]["Period"] = entry.pop("Period")
+        total = {"Id": "backlog", "Expression": "visible + in_flight", "ReturnData": True}
+        return alarm | {"Metrics": [*metrics, total]}
+    return alarm | {"Namespace": d.deploy.ecs.metric_namespace, "MetricName": "QueueBacklog",
+                    "Dimensions": [{"Name": "Queue", "Value": d.queue.name}],
+                    "Statistic": "Maximum", "Period": 60}  # fmt: skip
