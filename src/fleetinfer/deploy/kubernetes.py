@@ -42,8 +42,7 @@ def render(d: Deployment) -> dict[str, dict[str, Any]]:
     }
     objects["kustomization.yaml"] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "namespace": d.deploy.kubernetes.namespace,
+        "kind": "Kustomization",  # no `namespace:`: kustomize would set one on the NodePool too
         "resources": list(objects),
     }
     return objects
