@@ -247,14 +247,37 @@ def test_grace_period_longer_than_the_spot_notice_names_its_key(tmp_path: Path) 
 
 
 def test_every_deploy_error_is_reported_at_once_with_its_key_path(tmp_path: Path) -> None:
-    text = _example_text().replace("min_nodes = 1", "min_node = 1").replace(
-        "max_nodes = 200", 'max_nodes = "many"'
-    ).replace('name = "fleetinfer"\nimage', 'name = "Fleet Infer"\nimage')  # fmt: skip
+    text = (
+        _example_text()
+        .replace("min_nodes = 1", "min_node = 1")
+        .replace("max_nodes = 200", 'max_nodes = "many"')
+        .replace('name = "fleetinfer"\nimage', 'name = "Fleet Infer"\nimage')
+        .replace('namespace = "fleetinfer"', 'namespce = "fleetinfer"')
+        .replace(
+            "spot_auto_scaling_groups = { amd64", 'spot_auto_scaling_groups = { x86 = "a", amd64'
+        )
+    )
     message = _error(tmp_path, text)
-    assert "(3 errors)" in message
+    assert "(5 errors)" in message
     assert "deploy.min_node: unknown key: did you mean 'min_nodes'?" in message
     assert "deploy.max_nodes: Expected int, got str" in message
     assert "deploy.name:" in message
+    assert "deploy.kubernetes.namespce: unknown key: did you mean 'namespace'?" in message
+    assert "deploy.ecs.spot_auto_scaling_groups: Invalid enum value 'x86' as a key: " in message
+    assert "expected one of amd64, arm64" in message
+
+
+def test_cross_checks_are_reported_together(tmp_path: Path) -> None:
+    text = (
+        _example_text()
+        .replace("grace_s = 100", "grace_s = 119")
+        .replace('"m7i", "m7a", "m7g", "m8g", "r7i", "r7g"', '"c7i", "nope"')
+    )
+    message = _error(tmp_path, text)
+    assert "(3 errors)" in message
+    assert "node.grace_s: 119 s of drain" in message
+    assert "deploy.instance_families[0]: the node needs 90624 MiB" in message
+    assert "deploy.instance_families[1]: unknown instance family 'nope'" in message
 
 
 def test_a_single_machine_queue_and_an_unreachable_metrics_port_are_refused(

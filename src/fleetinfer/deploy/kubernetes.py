@@ -4,7 +4,7 @@ docs/deploy.md), one file per object.
     namespace.yaml           Namespace
     configmap.yaml           fleetinfer.toml ([node] as written), mounted read-only
     deployment.yaml          the node: `fleetinfer run --config …`, /dev/shm sized from the model
-                             footprint, requests from the profile, probes on /healthz, scrape
+                             footprint, requests from the profile, probes on /healthz and /readyz, scrape
                              annotations, secrets as files from a Secret
     poddisruptionbudget.yaml
     triggerauthentication.yaml, scaledobject.yaml   KEDA: the queue's backlog, target per node
@@ -114,9 +114,9 @@ def _container(d: Deployment) -> dict[str, Any]:
         "command": ["fleetinfer", "run", "--config", d.deploy.config_path],
         "ports": [{"name": "metrics", "containerPort": d.metrics_port, "protocol": "TCP"}],
         "resources": _resources(d),
-        "startupProbe": _probe(d, _startup_failures(d)),
-        "livenessProbe": _probe(d, LIVENESS_WINDOW_S // PROBE_PERIOD_S),
-        "readinessProbe": _probe(d, 1),
+        "startupProbe": _probe(d, "/healthz", _startup_failures(d)),
+        "livenessProbe": _probe(d, "/healthz", LIVENESS_WINDOW_S // PROBE_PERIOD_S),
+        "readinessProbe": _probe(d, "/readyz", 1),
         "volumeMounts": _mounts(d),
         "securityContext": {"allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"]}},
@@ -133,8 +133,8 @@ def _startup_failures(d: Deployment) -> int:
     return max(6, math.ceil(2 * first_task_s / PROBE_PERIOD_S))
 
 
-def _probe(d: Deployment, failures: int) -> dict[str, Any]:
-    return {"httpGet": {"path": "/healthz", "port": "metrics"},
+def _probe(d: Deployment, path: str, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "metrics"},
             "periodSeconds": PROBE_PERIOD_S, "failureThreshold": failures}  # fmt: skip
 
 

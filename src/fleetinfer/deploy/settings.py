@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -126,29 +126,58 @@ def load_deployment(
 
 
 def _deploy_settings(file: ConfigFile) -> DeploySettings:
-    errors: list[str] = []
-    values: dict[str, Any] = {}
-    fields = {f.name: f.type for f in msgspec.structs.fields(DeploySettings)}
-    for key, value in file.deploy.items():
-        if key not in fields:
-            errors.append(_unknown(f"deploy.{key}", key, tuple(fields)))
-            continue
-        try:
-            values[key] = msgspec.convert(value, type=fields[key], strict=True)
-        except msgspec.ValidationError as exc:
-            errors.append(f"deploy.{key}: {_message(exc)} (got {value!r})")
+    values, errors = _table(file.deploy, DeploySettings, "deploy")
     if errors:
         raise ConfigError(_report(errors))
-    return DeploySettings(**values)
+    return msgspec.convert(values, type=DeploySettings)
 
 
-def _message(exc: msgspec.ValidationError) -> str:
-    """msgspec's message with its `$.path` turned into our key path."""
-    text = str(exc).replace("`", "")
-    if " - at $." in text:
-        what, _, where = text.partition(" - at $.")
-        return f"at .{where}: {what}"
-    return text.partition(" - at $")[0]
+def _table(
+    raw: dict[str, Any], kind: type[msgspec.Struct], where: str
+) -> tuple[dict[str, Any], list[str]]:
+    """Each key of a table converted to its type, nested tables by key: errors collected."""
+    errors: list[str] = []
+    values: dict[str, Any] = {}
+    fields = {f.name: f.type for f in msgspec.structs.fields(kind)}
+    for key, value in raw.items():
+        path = f"{where}.{key}"
+        if key not in fields:
+            errors.append(_unknown(path, key, tuple(fields)))
+        elif isinstance(fields[key], type) and issubclass(fields[key], msgspec.Struct):
+            if not isinstance(value, dict):
+                errors.append(f"{path}: expected a table, got {type(value).__name__}")
+                continue
+            values[key], nested = _table(value, fields[key], path)
+            errors += nested
+        else:
+            try:
+                values[key] = msgspec.convert(value, type=fields[key], strict=True)
+            except msgspec.ValidationError as exc:
+                errors.append(f"{path}: {_message(exc, fields[key])} (got {_short(value)})")
+    return values, errors
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _message(exc: msgspec.ValidationError, kind: Any) -> str:
+    """msgspec's message with its `$` path as our key path, and the choices of a Literal."""
+    what, _, where = str(exc).replace("`", "").partition(" - at ")
+    inside = where.replace("key in $", "a key").replace("$", "").lstrip(".")
+    text = f"{what} at {inside}" if inside and inside != "a key" else what
+    if inside == "a key":
+        text += " as a key"
+    choices = sorted({str(c) for arg in _literals(kind) for c in get_args(arg)})
+    return text + (f": expected one of {', '.join(choices)}" if choices else "")
+
+
+def _literals(kind: Any) -> list[Any]:
+    """The Literal types inside `kind` (a Literal, list[Literal], dict[Literal, …], …)."""
+    if get_origin(kind) is Literal:
+        return [kind]
+    return [lit for arg in get_args(kind) for lit in _literals(arg)]
 
 
 def _unknown(where: str, key: str, valid: tuple[str, ...]) -> str:
@@ -192,23 +221,31 @@ def _derive(
     profile: TaskProfile,
     catalog: Catalog,
 ) -> Deployment:
+    """Every cross-check at once, then the sizes."""
     errors = _node_checks(node, deploy)
     queue, queue_error = _queue(node.queue, deploy.region)
-    errors += [queue_error] if queue_error else []
     types, family_errors = _family_types(deploy, catalog)
-    errors += family_errors
     workers, worker_error = _workers(node, profile)
-    errors += [worker_error] if worker_error else []
+    errors += [e for e in (queue_error, worker_error) if e] + family_errors
     if deploy.mode not in profile.modes:
         errors.append(
             f"deploy.mode: the profile {profile.source} has no {deploy.mode!r} mode; "
             f"it has {sorted(profile.modes)}"
         )
+    elif workers:
+        errors += _fit_errors(
+            _memory_mib(profile, deploy.mode, workers), profile, deploy, workers, types
+        )
     if deploy.min_nodes > deploy.max_nodes:
         errors.append("deploy.min_nodes: must not exceed deploy.max_nodes")
     if errors or queue is None:
         raise ConfigError(_report(errors))
-    return _sized(node, node_table, deploy, profile, queue, workers, types)
+    return _sized(node, node_table, deploy, profile, queue, workers)
+
+
+def _memory_mib(profile: TaskProfile, mode: str, workers: int) -> int:
+    footprint = profile.mode(mode).footprint
+    return math.ceil(footprint.node_fixed_mib + workers * footprint.worker_mib)
 
 
 def _sized(
@@ -218,11 +255,8 @@ def _sized(
     profile: TaskProfile,
     queue: Queue,
     workers: int,
-    types: list[InstanceType],
 ) -> Deployment:
     footprint = profile.mode(deploy.mode).footprint
-    memory_mib = math.ceil(footprint.node_fixed_mib + workers * footprint.worker_mib)
-    _check_fits(memory_mib, footprint.node_fixed_mib, workers, deploy, types)
     busy_share = min(1.0, footprint.task_cpu_s / max(footprint.task_wall_s, 1e-9))
     cpu_millis = max(100, math.ceil(workers * busy_share * 10) * 100)
     return Deployment(
@@ -233,7 +267,7 @@ def _sized(
         queue=queue,
         workers=workers,
         cpu_millis=cpu_millis,
-        memory_mib=memory_mib,
+        memory_mib=_memory_mib(profile, deploy.mode, workers),
         shm_mib=deploy.shm_mib or math.ceil(footprint.node_fixed_mib) or 64,
         termination_grace_s=math.ceil(node.grace_s) + deploy.termination_margin_s,
         families=tuple(deploy.instance_families),
@@ -329,14 +363,15 @@ def _workers(node: NodeSettings, profile: TaskProfile) -> tuple[int, str | None]
     return 0, "node.workers: set the workers per node (the profile does not say how many it ran)"
 
 
-def _check_fits(
+def _fit_errors(
     memory_mib: int,
-    model_mib: float,
-    workers: int,
+    profile: TaskProfile,
     deploy: DeploySettings,
+    workers: int,
     types: list[InstanceType],
-) -> None:
+) -> list[str]:
     """Every family needs one catalog size that holds the node; else name the key."""
+    model_mib = profile.mode(deploy.mode).footprint.node_fixed_mib
     by_family: dict[str, float] = {}
     for t in types:
         family = t.name.partition(".")[0]
@@ -351,5 +386,4 @@ def _check_fits(
                 f"most {usable_mib:.0f} MiB usable in the catalog: choose a larger family "
                 "or lower node.workers"
             )
-    if errors:
-        raise ConfigError(_report(errors))
+    return errors
