@@ -19,6 +19,7 @@ grace that fits in the spot notice, a node that fits in memory on every family),
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,8 +182,6 @@ def _literals(kind: Any) -> list[Any]:
 
 
 def _unknown(where: str, key: str, valid: tuple[str, ...]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(valid)}"
     return f"{where}: unknown key: {hint}"
