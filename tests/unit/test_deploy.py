@@ -307,6 +307,8 @@ def test_cli_renders_into_the_folder_and_exits_on_bad_config(tmp_path: Path) -> 
     )
     assert done.exit_code != 0
     assert "deploy.instance_families[1]" in done.output
-    done = runner.invoke(app, ["deploy", "render", "nomad", "--config", str(EXAMPLE)])
+    done = runner.invoke(
+        app, ["deploy", "render", "nomad", "--config", str(EXAMPLE), "--out", str(out)]
+    )
     assert done.exit_code != 0
     assert "expected one of kubernetes, ecs" in done.output

@@ -20,8 +20,9 @@ deploy_app = typer.Typer(help="Render the fleet for Kubernetes (KEDA, Karpenter)
 @deploy_app.command("render")
 def render(
     target: Annotated[str, typer.Argument(help="kubernetes or ecs.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the files into.")],
     config: Annotated[
-        Path, typer.Option("--config", help="fleetinfer.toml with [node] and [deploy].")
+        Path, typer.Option("--config", help="fleetinfer.toml with its node and deploy tables.")
     ] = Path("fleetinfer.toml"),
     profile: Annotated[
         Path | None,
@@ -29,9 +30,6 @@ def render(
             "--profile", help="`fleetinfer bench --json` output (default: deploy.profile)."
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the files into.")] = Path(
-        "deploy-out"
-    ),
 ) -> None:
     """Render the deployment's files into --out (sizes from the profile, scaling from the
     backlog policy); a configuration that cannot be rendered is one error naming its keys."""
