@@ -13,6 +13,7 @@ fleetinfer profile REPO/MODEL
 fleetinfer demo                                (the main job on the embedded defaults)
 fleetinfer bench APP:TASK --models REPO --payloads FILE   (serving modes side by side)
 fleetinfer plan --profile BENCH.json --backlog N --deadline 6h   (instance mix; simulate, catalog)
+fleetinfer deploy render kubernetes|ecs --config fleetinfer.toml --out DIR   (the fleet's objects)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fleetinfer.cli.bench import bench
 from fleetinfer.cli.compile import compile_cmd, profile_cmd
 from fleetinfer.cli.config_cmd import config_app
 from fleetinfer.cli.demo import demo
+from fleetinfer.cli.deploy import deploy_app
 from fleetinfer.cli.dlq import dlq_app
 from fleetinfer.cli.model import model_app
 from fleetinfer.cli.plan import catalog_app, plan, simulate
@@ -56,6 +58,7 @@ app.command("bench")(bench)
 app.command("plan")(plan)
 app.command("simulate")(simulate)
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(deploy_app, name="deploy")
 
 
 def main() -> None:
