@@ -30,6 +30,7 @@ class ExitCode(IntEnum):
     INPUT = 4  # fix the input: a file, a payload
     UNAVAILABLE = 5  # a service could not be reached: retry later
     GATE = 6  # the accuracy gate refused to publish a compiled model
+    DRAIN_INCOMPLETE = 7  # a node drained, but released (or lost) tasks it was running
     INTERRUPTED = 130  # Ctrl-C outside a node's graceful drain
 
 

@@ -11,6 +11,7 @@ import typer
 from fleetinfer.cli.common import (
     DEFAULT_QUEUE,
     DEFAULT_RESULTS,
+    ExitCode,
     JsonOption,
     QueueOption,
     ResultsOption,
@@ -90,10 +91,35 @@ def run(
             "(--client shared or triton: the server's executions run first), else 0.",
         ),
     ] = None,
+    model_deadline_s: Annotated[
+        str | None,
+        typer.Option(
+            "--model-deadline-s",
+            help="Reply deadline of model calls: seconds for every model, or 'model=s,…' "
+            "(e.g. 'cdnet=20,60'); default max(30 s, 20 × the slowest recent call).",
+        ),
+    ] = None,
+    server_probe_interval_s: Annotated[
+        float,
+        typer.Option("--server-probe-interval-s", help="Seconds between model server probes."),
+    ] = 2.0,
+    server_probe_timeout_s: Annotated[
+        float, typer.Option("--server-probe-timeout-s", help="Deadline of one server probe.")
+    ] = 5.0,
+    server_probe_failures: Annotated[
+        int,
+        typer.Option(
+            "--server-probe-failures",
+            help="Failed probes in a row after which the model server is restarted.",
+        ),
+    ] = 3,
     json_output: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every task.")] = False,
 ) -> None:
-    """Run the tasks of TARGET from the queue until SIGTERM (or an empty queue)."""
+    """Run the tasks of TARGET from the queue until SIGTERM (or an empty queue).
+
+    Exit code 0 after a clean drain; 7 when the drain released tasks it was running (the grace
+    ended, or a second signal cut it short): they run again, here or on another node."""
     configure_logging(verbose)
     with exit_on_error():
         add_working_directory_to_path()
@@ -114,9 +140,15 @@ def run(
             verbose=verbose,
             preload_workers=preload,
             worker_nice=worker_nice,
+            model_deadlines=model_deadline_s,
+            server_probe_interval_s=server_probe_interval_s,
+            server_probe_timeout_s=server_probe_timeout_s,
+            server_probe_failures=server_probe_failures,
         )
         report = run_node(config, on_ready=_ready_printer(json_output))
         _print_report(report, json_output)
+    if not report.clean:
+        raise typer.Exit(ExitCode.DRAIN_INCOMPLETE)
 
 
 def _ready_printer(json_output: bool) -> Callable[[NodeStarted], None]:
@@ -163,12 +195,14 @@ def _print_report(report: NodeReport, json_output: bool) -> None:
                 "restarts": report.restarts,
                 "duration_s": round(report.duration_s, 3),
                 "drain_s": round(report.drain_s, 3),
+                "clean": report.clean,
             }
         )
         return
     done = ", ".join(f"{k} {v}" for k, v in report.outcomes.items() if v) or "no tasks"
     stderr.print(
         f"node stopped ({report.reason}) after {report.duration_s:.1f} s: {done}; "
-        f"{report.restarts} restart(s), drain {report.drain_s:.1f} s",
+        f"{report.restarts} restart(s), drain {report.drain_s:.1f} s"
+        + ("" if report.clean else " (not clean: tasks were released unfinished)"),
         soft_wrap=True,
     )

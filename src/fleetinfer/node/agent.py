@@ -389,6 +389,7 @@ class NodeAgent:
         body = {
             "status": "draining" if draining else status,
             "model_server_answering": answering,
+            "model_server_pid": None if self._server is None else self._server.pid,
             "workers_alive": len(pids),
             "worker_pids": pids,
             "restarts": self.supervisor.restarts,
