@@ -169,8 +169,8 @@ class SharedModelClient(ModelClient):
 
     Every request has a reply deadline: a model call the one `deadlines` gives that model
     (default: `$FLEETINFER_MODEL_DEADLINE_S`, else derived from the calls' measured latency,
-    `fleetinfer.deadlines`), a connection's first request (attach) `attach_timeout_s`, any other
-    request (model info, control) `request_timeout_s`. A request past its deadline raises
+    `fleetinfer.deadlines`; a question about the model too), a connection's first request
+    (attach) `attach_timeout_s`, a control request `request_timeout_s`. A request past its deadline raises
     `ModelDeadlineError` (transient) and is not retried; its connection is dropped, since a late
     reply would put it out of step.
     """
@@ -203,7 +203,7 @@ class SharedModelClient(ModelClient):
         self._lock = threading.Lock()
 
     def model(self, name: str) -> ModelHandle:
-        self._call(_model_info, name, self.request_timeout_s)  # unknown names fail here
+        self._call(_model_info, name, self.deadlines.deadline_s(name))  # unknown names fail here
         return _RemoteHandle(self, name)
 
     def infer(
@@ -237,7 +237,7 @@ class SharedModelClient(ModelClient):
         return self._call(Channel.empty, tuple(shape), np.dtype(dtype))
 
     def versions(self, model: str) -> tuple[int, ...]:
-        return self._call(_model_info, model, self.request_timeout_s).versions
+        return self._call(_model_info, model, self.deadlines.deadline_s(model)).versions
 
     def control(
         self, action: str, model: str = "", version: int | None = None

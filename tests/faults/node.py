@@ -68,3 +68,14 @@ def tracebacks(log_path: Path) -> list[str]:
     return [
         line for line in text.splitlines() if "Traceback" in line or "KeyboardInterrupt" in line
     ]
+
+
+def freeze(pid: int) -> None:
+    """SIGSTOP `pid` and wait until it has stopped (the signal takes effect asynchronously)."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: _state(pid) in (b"T", b"t"), 10, f"process {pid} to stop")
+
+
+def _state(pid: int) -> bytes:
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        return stat.read().rsplit(b")", 1)[-1].split()[0]
