@@ -22,7 +22,7 @@ from tests.apps.harness import NodeProcess, wait_for
 from tests.faults.node import descendants, node_pids, signal_node, tracebacks, wait_all_gone
 
 EXIT_DRAIN_INCOMPLETE = 7
-GRACE_S = 3.0
+GRACE_S = 2.0
 SLACK_S = 3.0  # a loaded 2-core host: the time to end processes after the grace
 
 
@@ -45,7 +45,7 @@ def test_a_signal_drains_once_finishing_what_fits_the_grace_and_releasing_the_re
     queue_url: str, results_url: str, tmp_path: Path, delivery: str, start: str
 ) -> None:
     with open_broker(queue_url) as broker, open_store(results_url) as store:
-        send_tasks(broker, "nap", [{"s": 1.5}, {"s": 60}])
+        send_tasks(broker, "nap", [{"s": 1.0}, {"s": 60}])
         node = start_node(queue_url, results_url, tmp_path, "--grace-s", str(GRACE_S), f"--{start}")
         try:
             wait_for(lambda: broker.stats().in_flight == 2, 60, "two tasks in flight")
@@ -61,7 +61,7 @@ def test_a_signal_drains_once_finishing_what_fits_the_grace_and_releasing_the_re
         wait_all_gone(pids, 5, "every process of the node to end")
         stats = broker.stats()
         assert (stats.visible, stats.in_flight) == (1, 0)  # released, not left to time out
-        assert store.count(TaskStatus.SUCCEEDED) == 1  # the 1.5 s task finished in the grace
+        assert store.count(TaskStatus.SUCCEEDED) == 1  # the 1 s task finished in the grace
         stopped = node.event("stopped")
         assert stopped["clean"] is False
         assert stopped["outcomes"]["abandoned"] == 1
