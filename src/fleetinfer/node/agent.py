@@ -121,8 +121,9 @@ class NodeConfig:
 
     @property
     def kill_after_s(self) -> float:
-        """When the agent SIGKILLs workers on drain: after they gave up held work, before grace_s."""
-        return self.grace_s - self._drain_margin_s() / 2
+        """When the agent SIGKILLs workers on drain: at grace_s, a margin after they gave up held
+        work (the margin is the time a loaded host takes to release a message and exit)."""
+        return self.grace_s
 
     def worker_config(self) -> WorkerConfig:
         """What each worker process gets; it gives up held work a little before the agent kills it."""
