@@ -51,6 +51,7 @@ def test_a_frozen_server_is_replaced_and_the_nodes_tasks_complete_again(
         )  # fmt: skip
         try:
             wait_for(lambda: store.count() >= 10, 60, "the node to run tasks")
+            assert _status(node, "/readyz")[0] == 200
             old_server = int(node.health()["model_server_pid"])
             reaper.append(old_server)
             freeze(old_server)
