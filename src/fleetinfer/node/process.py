@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from types import FrameType
 
@@ -23,12 +24,14 @@ from fleetinfer.node.signals import (
     HURRY_SIGNAL,
     agent_alive,
     die_with_parent,
+    process_alive,
     unblock_drain_signals,
 )
 from fleetinfer.node.worker import Worker, WorkerConfig
 
 EXIT_OK = 0
 EXIT_CONFIG = 3
+PARENT_CHECK_S = 0.2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
+def _parent_gone(parent: int) -> bool:
+    """The parent died. When a parent with several threads dies, its children get the
+    parent-death signal as the thread that started them exits, while the process still has
+    its pid (they are handed to a thread of the same process), so the pid check alone can miss
+    it for a moment."""
+    return os.getppid() != parent or not process_alive(parent)
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fleetinfer.node.process")
     parser.add_argument("--config", required=True, help="WorkerConfig as JSON")
@@ -64,14 +75,27 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _install_signals(worker: Worker, events: EventSink, parent: int) -> None:
+    def after_parent_died() -> None:
+        worker.stop(grace_s=None if agent_alive() else 0.0)
+
+    def report(signum: int) -> None:
+        """An operator's signal: the agent leads the node's drain. A parent-death signal can
+        look like one for a moment (`_parent_gone`): decided a little later."""
+        if _parent_gone(parent):
+            after_parent_died()
+        else:
+            events.emit("signal", signal=signal.Signals(signum).name, pid=os.getpid())
+
     def drain(signum: int, frame: FrameType | None) -> None:
-        if os.getppid() != parent:  # the parent-death signal: no agent to ask
-            worker.stop(grace_s=None if agent_alive() else 0.0)
+        if _parent_gone(parent):  # the parent-death signal: no agent to ask
+            after_parent_died()
             return
         first = not worker.stopping
         worker.stop()
         if first:  # one drain for the node, led by the agent
-            events.emit("signal", signal=signal.Signals(signum).name, pid=os.getpid())
+            timer = threading.Timer(PARENT_CHECK_S, report, args=(signum,))
+            timer.daemon = True
+            timer.start()
 
     def hurry(signum: int, frame: FrameType | None) -> None:
         worker.stop(grace_s=0.0)

@@ -27,7 +27,12 @@ from pathlib import Path
 from types import FrameType
 
 from fleetinfer.errors import FleetinferError
-from fleetinfer.node.signals import DRAIN_SIGNALS, die_with_parent, unblock_drain_signals
+from fleetinfer.node.signals import (
+    DRAIN_SIGNALS,
+    die_with_parent,
+    process_alive,
+    unblock_drain_signals,
+)
 from fleetinfer.server.server import ModelServer, ServerConfig
 
 EXIT_OK = 0
@@ -79,7 +84,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _install_signals(stop: threading.Event, parent: int) -> None:
     def drain(signum: int, frame: FrameType | None) -> None:
-        if os.getppid() != parent:  # the parent-death signal: the agent is gone
+        if os.getppid() != parent or not process_alive(parent):  # the agent is gone
             stop.set()
             return
         _say({"event": "signal", "signal": signal.Signals(signum).name})

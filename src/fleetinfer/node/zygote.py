@@ -113,7 +113,7 @@ def _install_signals(control: socket.socket, parent: int) -> None:
     end. The parent-death signal (the agent died): end now, so that the workers follow."""
 
     def drain(signum: int, frame: FrameType | None) -> None:
-        if os.getppid() != parent:
+        if os.getppid() != parent or not process_alive(parent):  # see process._parent_gone
             os._exit(0)
         with contextlib.suppress(OSError):
             control.send(json.dumps({"signal": signal.Signals(signum).name}).encode())
