@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from fleetinfer.errors import ConfigError, FleetinferError
@@ -75,6 +75,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _install_signals(worker: Worker, events: EventSink, parent: int) -> None:
+    """Signals are acted on by a thread of their own, woken by the wakeup fd that the C-level
+    handler writes in whichever thread the signal lands: a task's main thread may sit in a long
+    C call (a sleep, a model run) and run Python handlers only when it returns, while the
+    heartbeat must release the task within the grace."""
+
     def after_parent_died() -> None:
         worker.stop(grace_s=None if agent_alive() else 0.0)
 
@@ -86,7 +91,7 @@ def _install_signals(worker: Worker, events: EventSink, parent: int) -> None:
         else:
             events.emit("signal", signal=signal.Signals(signum).name, pid=os.getpid())
 
-    def drain(signum: int, frame: FrameType | None) -> None:
+    def drain(signum: int) -> None:
         if _parent_gone(parent):  # the parent-death signal: no agent to ask
             after_parent_died()
             return
@@ -97,12 +102,36 @@ def _install_signals(worker: Worker, events: EventSink, parent: int) -> None:
             timer.daemon = True
             timer.start()
 
-    def hurry(signum: int, frame: FrameType | None) -> None:
-        worker.stop(grace_s=0.0)
+    def act(signum: int) -> None:
+        if signum == HURRY_SIGNAL:
+            worker.stop(grace_s=0.0)
+        elif signum in DRAIN_SIGNALS:
+            drain(signum)
 
-    for signum in DRAIN_SIGNALS:
-        signal.signal(signum, drain)
-    signal.signal(HURRY_SIGNAL, hurry)
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    for signum in (*DRAIN_SIGNALS, HURRY_SIGNAL):
+        signal.signal(signum, _noted)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    threading.Thread(
+        target=_watch_signals, args=(read_fd, act), name="fleetinfer-signals", daemon=True
+    ).start()
+
+
+def _noted(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler: nothing; `_watch_signals` acts on the signal."""
+
+
+def _watch_signals(read_fd: int, act: Callable[[int], None]) -> None:
+    while True:
+        try:
+            received = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not received:
+            return
+        for signum in received:
+            act(signum)
 
 
 if __name__ == "__main__":
