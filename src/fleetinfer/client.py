@@ -19,9 +19,15 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 
-from fleetinfer.errors import ConfigError, ServerUnavailableError, UnknownModelError
-from fleetinfer.server.channel import REPLY_SPIN_US, Channel, ChannelBrokenError
-from fleetinfer.server.protocol import default_socket_path
+from fleetinfer.deadlines import ModelDeadlines
+from fleetinfer.errors import (
+    ConfigError,
+    ModelDeadlineError,
+    ServerUnavailableError,
+    UnknownModelError,
+)
+from fleetinfer.server.channel import ATTACH_TIMEOUT_S, REPLY_SPIN_US, Channel, ChannelBrokenError
+from fleetinfer.server.protocol import ControlReply, ModelInfo, default_socket_path
 from fleetinfer.server.repository import ModelRepository
 
 if TYPE_CHECKING:  # onnxruntime and http.client are imported only by the modes that use them
@@ -160,6 +166,13 @@ class SharedModelClient(ModelClient):
 
     After sending a request the caller polls for the reply for up to `spin_us` before it blocks
     (0: block at once), which saves the wake-up of a blocked process (`fleetinfer.server.spin`).
+
+    Every request has a reply deadline: a model call the one `deadlines` gives that model
+    (default: `$FLEETINFER_MODEL_DEADLINE_S`, else derived from the calls' measured latency,
+    `fleetinfer.deadlines`; a question about the model too), a connection's first request
+    (attach) `attach_timeout_s`, a control request `request_timeout_s`. A request past its deadline raises
+    `ModelDeadlineError` (transient) and is not retried; its connection is dropped, since a late
+    reply would put it out of step.
     """
 
     def __init__(
@@ -170,9 +183,14 @@ class SharedModelClient(ModelClient):
         region_bytes: int = 16 << 20,
         max_region_bytes: int = 4 << 30,
         spin_us: float = REPLY_SPIN_US,
+        deadlines: ModelDeadlines | None = None,
+        attach_timeout_s: float = ATTACH_TIMEOUT_S,
+        request_timeout_s: float = ATTACH_TIMEOUT_S,
     ) -> None:
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
         self.connect_timeout_s = connect_timeout_s
+        self.deadlines = deadlines if deadlines is not None else ModelDeadlines.from_environment()
+        self.attach_timeout_s, self.request_timeout_s = attach_timeout_s, request_timeout_s
         self.region_bytes, self.max_region_bytes = region_bytes, max_region_bytes
         self.spin_us = spin_us
         self._forget_channels()
@@ -185,33 +203,48 @@ class SharedModelClient(ModelClient):
         self._lock = threading.Lock()
 
     def model(self, name: str) -> ModelHandle:
-        self._call(Channel.model_info, name)  # unknown names fail here
+        self._call(_model_info, name, self.deadlines.deadline_s(name))  # unknown names fail here
         return _RemoteHandle(self, name)
 
     def infer(
         self, model: str, inputs: Mapping[str, Any], *, version: int | None = None
     ) -> Tensors:
-        channel: Channel | None = getattr(self._local, "channel", None)
-        if channel is None:
-            return self._call(Channel.infer, model, inputs, version)
+        deadlines = self.deadlines
+        deadline_s = deadlines.deadline_s(model)
+        started = time.monotonic()
+        channel: Channel = getattr(self._local, "channel", None) or self._channel()
         try:  # `_call`, inlined: each Python call on this path costs CPU a model call needs
-            return channel.infer(model, inputs, version)
+            if channel.deadline_s != deadline_s:
+                channel.set_deadline(deadline_s)
+            outputs = channel.infer(model, inputs, version)
         except ChannelBrokenError:
             self._drop(channel)
+            outputs = self._retry_infer(model, inputs, version, deadline_s)
+        except ModelDeadlineError:
+            self._drop(channel)
+            raise
+        deadlines.observe(model, time.monotonic() - started)
+        return outputs
+
+    def _retry_infer(
+        self, model: str, inputs: Mapping[str, Any], version: int | None, deadline_s: float
+    ) -> Tensors:
+        channel = self._channel()
+        channel.set_deadline(deadline_s)
         return self._retry(Channel.infer, model, inputs, version)
 
     def empty(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray[Any, Any]:
         return self._call(Channel.empty, tuple(shape), np.dtype(dtype))
 
     def versions(self, model: str) -> tuple[int, ...]:
-        return self._call(Channel.model_info, model).versions
+        return self._call(_model_info, model, self.deadlines.deadline_s(model)).versions
 
     def control(
         self, action: str, model: str = "", version: int | None = None
     ) -> dict[str, tuple[int, ...]]:
         """`load` / `unload` / `reload` a model (or a version) in the server; `status`.
         Returns the loaded versions of every model afterwards."""
-        return self._call(Channel.control, action, model, version).loaded
+        return self._call(_control, action, model, version, self.request_timeout_s).loaded
 
     def close(self) -> None:
         with self._lock:
@@ -228,6 +261,9 @@ class SharedModelClient(ModelClient):
             return request(channel, *args, **kwargs)
         except ChannelBrokenError:
             self._drop(channel)
+        except ModelDeadlineError:
+            self._drop(channel)
+            raise
         return self._retry(request, *args, **kwargs)
 
     def _retry(
@@ -242,6 +278,9 @@ class SharedModelClient(ModelClient):
             raise ServerUnavailableError(
                 f"the model server on {self.socket_path} dropped the request twice: {exc}"
             ) from exc
+        except ModelDeadlineError:
+            self._drop(channel)
+            raise
 
     def _channel(self) -> Channel:
         channel: Channel | None = getattr(self._local, "channel", None)
@@ -268,6 +307,7 @@ class SharedModelClient(ModelClient):
                     region_bytes=self.region_bytes,
                     max_region_bytes=self.max_region_bytes,
                     spin_us=self.spin_us,
+                    attach_timeout_s=self.attach_timeout_s,
                 )
             except (OSError, ChannelBrokenError) as exc:
                 if time.monotonic() >= deadline:
@@ -277,6 +317,18 @@ class SharedModelClient(ModelClient):
                         "`fleetinfer serve --models <repo>` or point socket_path at it"
                     ) from exc
                 time.sleep(0.05)
+
+
+def _model_info(channel: Channel, model: str, timeout_s: float) -> ModelInfo:
+    channel.set_deadline(timeout_s)
+    return channel.model_info(model)
+
+
+def _control(
+    channel: Channel, action: str, model: str, version: int | None, timeout_s: float
+) -> ControlReply:
+    channel.set_deadline(timeout_s)
+    return channel.control(action, model, version)
 
 
 _LIVE_CLIENTS: weakref.WeakSet[SharedModelClient] = weakref.WeakSet()

@@ -73,6 +73,10 @@ class NodeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     preload: bool = True
     worker_nice: Nice | None = None
     log_format: Literal["text", "json"] = "text"
+    model_deadline_s: str | None = None
+    server_probe_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    server_probe_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    server_probe_failures: Positive = 3
     verbose: bool = False
 
     def secrets(self) -> dict[str, str]:
@@ -346,5 +350,9 @@ def node_config(settings: NodeSettings) -> NodeConfig:
         preload_workers=settings.preload,
         worker_nice=settings.worker_nice,
         log_format=settings.log_format,
+        model_deadlines=settings.model_deadline_s,
+        server_probe_interval_s=settings.server_probe_interval_s,
+        server_probe_timeout_s=settings.server_probe_timeout_s,
+        server_probe_failures=settings.server_probe_failures,
         progress=settings.log_format == "text",  # JSON logs are for machines: no live line
     )

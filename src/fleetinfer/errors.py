@@ -19,7 +19,8 @@ FleetinferError
 ├── TransientError              retry later; the condition is expected to pass
 │   ├── BrokerUnavailableError  the queue backend cannot be reached
 │   ├── StoreUnavailableError   the results store cannot be reached
-│   └── ServerUnavailableError  the model server cannot be reached
+│   ├── ServerUnavailableError  the model server cannot be reached
+│   └── ModelDeadlineError      a model call got no reply within its deadline (server hung)
 ├── QueueError                  a queue operation was refused by its semantics
 │   └── ReceiptExpiredError     ack / release / extend on a receipt that is no longer valid
 ├── InferenceError              the model ran and failed (execution error inside the runtime)
@@ -110,6 +111,12 @@ class StoreUnavailableError(TransientError):
 
 class ServerUnavailableError(TransientError):
     """The model server could not be reached."""
+
+
+class ModelDeadlineError(TransientError):
+    """A model call (or a connection's first request) got no reply within its deadline: the
+    server is hung or far behind. The task is released for a retry; the node restarts a server
+    that stops answering its probes."""
 
 
 class QueueError(FleetinferError):

@@ -36,17 +36,24 @@ def start(request: pytest.FixtureRequest) -> tuple[str, ...]:
 
 
 def sigterm_with_two_in_flight(
-    broker: Broker, urls: tuple[str, str], tmp_path: Path, *, grace_s: float, start: tuple[str, ...]
+    broker: Broker,
+    urls: tuple[str, str],
+    tmp_path: Path,
+    *,
+    grace_s: float,
+    start: tuple[str, ...],
+    exit_code: int = 0,
 ) -> tuple[NodeProcess, float]:
-    """Run a 2-worker node, SIGTERM it once two tasks are in flight; it must exit 0 within the
-    grace period (plus slack). Returns the node and the seconds from SIGTERM to exit."""
+    """Run a 2-worker node, SIGTERM it once two tasks are in flight; it must exit with
+    `exit_code` (0: a clean drain) within the grace period (plus slack). Returns the node and
+    the seconds from SIGTERM to exit."""
     node = NodeProcess("tests.apps.jobs:app", *urls, "--workers", "2", "--grace-s", str(grace_s),
                        *start, log_path=tmp_path / "node.log")  # fmt: skip
     try:
         wait_for(lambda: broker.stats().in_flight == 2, 60, "two tasks in flight")
         sent_at = time.monotonic()
         node.terminate()
-        assert node.wait(grace_s + 8) == 0, node.log()
+        assert node.wait(grace_s + 8) == exit_code, node.log()
         return node, time.monotonic() - sent_at
     finally:
         node.close()
@@ -74,7 +81,9 @@ def test_sigterm_releases_tasks_that_outlast_the_grace_period_at_once(
     queue_url, results_url = urls
     with open_broker(queue_url) as broker, open_store(results_url) as store:
         send_tasks(broker, "nap", [{"s": 60}] * 2)
-        node, took_s = sigterm_with_two_in_flight(broker, urls, tmp_path, grace_s=2, start=start)
+        node, took_s = sigterm_with_two_in_flight(
+            broker, urls, tmp_path, grace_s=2, start=start, exit_code=7
+        )
         assert took_s < 2.0 + 1.0  # the grace period, plus the time to exit a process
         stats = broker.stats()
         assert (stats.visible, stats.in_flight) == (2, 0)

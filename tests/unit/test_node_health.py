@@ -132,7 +132,7 @@ def test_workers_give_up_held_tasks_a_little_before_the_agent_would_kill_them() 
     assert worker.grace_s == 99.0
     assert worker.models == "/models"
     assert NodeConfig(target="m:a", grace_s=2.0).worker_config().grace_s == pytest.approx(1.6)
-    assert NodeConfig(target="m:a", grace_s=2.0).kill_after_s == pytest.approx(1.8)
+    assert NodeConfig(target="m:a", grace_s=2.0).kill_after_s == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize(

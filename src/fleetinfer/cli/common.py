@@ -30,7 +30,8 @@ class ExitCode(IntEnum):
     INPUT = 4  # fix the input: a file, a payload
     UNAVAILABLE = 5  # a service could not be reached: retry later
     GATE = 6  # the accuracy gate refused to publish a compiled model
-    DEAD_LETTERS = 7  # `run --exit-when-empty`: a task of this run was dead-lettered
+    DRAIN_INCOMPLETE = 7  # a node drained, but released (or lost) tasks it was running
+    DEAD_LETTERS = 8  # `run --exit-when-empty`: a task of this run was dead-lettered
     INTERRUPTED = 130  # Ctrl-C outside a node's graceful drain
 
 

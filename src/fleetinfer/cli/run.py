@@ -90,7 +90,7 @@ def run(
         bool | None,
         typer.Option(
             "--exit-when-empty/--no-exit-when-empty",
-            help="Drain and exit once the queue is empty; exit 7 if any task went dead.",
+            help="Drain and exit once the queue is empty; exit 8 if any task went dead.",
             show_default=False,
         ),
     ] = None,
@@ -135,6 +135,29 @@ def run(
         str | None,
         typer.Option("--log-format", help="Logs on stderr: text or json (one per line)."),
     ] = None,
+    model_deadline_s: Annotated[
+        str | None,
+        typer.Option(
+            "--model-deadline-s",
+            help="Reply deadline of model calls: seconds for every model, or 'model=s,…' "
+            "(e.g. 'cdnet=20,60'); default max(30 s, 20 × the slowest recent call).",
+        ),
+    ] = None,
+    server_probe_interval_s: Annotated[
+        float | None,
+        typer.Option("--server-probe-interval-s", help="Seconds between model server probes."),
+    ] = None,
+    server_probe_timeout_s: Annotated[
+        float | None,
+        typer.Option("--server-probe-timeout-s", help="Deadline of one server probe."),
+    ] = None,
+    server_probe_failures: Annotated[
+        int | None,
+        typer.Option(
+            "--server-probe-failures",
+            help="Failed probes in a row after which the model server is restarted.",
+        ),
+    ] = None,
     json_output: JsonOption = False,
     verbose: Annotated[
         bool | None,
@@ -144,7 +167,10 @@ def run(
     """Run the tasks of TARGET from the queue until SIGTERM (or an empty queue).
 
     Settings come from fleetinfer.toml (or --config FILE), then FLEETINFER_* variables, then
-    these flags; `fleetinfer config show` prints the result."""
+    these flags; `fleetinfer config show` prints the result. Exit code 0 after a clean drain;
+    7 when the drain released tasks it was running (the grace ended, or a second signal cut it
+    short): they run again, here or on another node; 8 with --exit-when-empty when a task of
+    this run went to the dead-letter queue."""
     flags = {
         "target": target,
         "queue": queue,
@@ -166,6 +192,10 @@ def run(
         "preload": preload,
         "worker_nice": worker_nice,
         "log_format": log_format,
+        "model_deadline_s": model_deadline_s,
+        "server_probe_interval_s": server_probe_interval_s,
+        "server_probe_timeout_s": server_probe_timeout_s,
+        "server_probe_failures": server_probe_failures,
         "verbose": verbose,
     }
     configure_logging(bool(verbose))
@@ -177,6 +207,8 @@ def run(
         with one_line_errors(config):
             report = run_node(config, on_ready=_ready_printer(json_output, config.log_format))
         _print_report(report, json_output, config.log_format)
+    if not report.clean:
+        raise typer.Exit(ExitCode.DRAIN_INCOMPLETE)
     if dead_lettered(report) and config.exit_when_empty and not config.allow_dead_letters:
         raise typer.Exit(ExitCode.DEAD_LETTERS)
 
@@ -236,6 +268,7 @@ def _print_report(report: NodeReport, json_output: bool, log_format: str) -> Non
                 "restarts": report.restarts,
                 "duration_s": round(report.duration_s, 3),
                 "drain_s": round(report.drain_s, 3),
+                "clean": report.clean,
             }
         )
         return
@@ -243,5 +276,6 @@ def _print_report(report: NodeReport, json_output: bool, log_format: str) -> Non
     text = (
         f"node stopped ({report.reason}) after {report.duration_s:.1f} s: {done}; "
         f"{report.restarts} restart(s), drain {report.drain_s:.1f} s"
+        + ("" if report.clean else " (not clean: tasks were released unfinished)")
     )
     _tell(text, log_format, reason=report.reason, outcomes=report.outcomes)

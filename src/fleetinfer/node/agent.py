@@ -3,8 +3,10 @@
     start   check the target and the URLs, serve /metrics and /healthz, watch for spot notices
     size    start one worker, measure its warm PSS, N = min(by cores, by memory) (or --workers)
     watch   restart crashed workers; with exit_when_empty, drain once the queue has nothing left
-    drain   on SIGTERM / SIGINT / spot notice / empty queue: workers stop receiving, in-flight
-            tasks get `grace_s` to finish, the rest are released (visible again at once)
+    drain   on SIGTERM / SIGINT (to the agent or to any process of the node) / spot notice /
+            empty queue: workers stop receiving, in-flight tasks get `grace_s` to finish, the
+            rest are released (visible again at once); a second signal to the agent releases
+            them now. The report says whether the drain was clean (`NodeReport.clean`).
 
 The agent holds no message itself; it opens the broker only to read queue depths.
 """
@@ -20,12 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fleetinfer.deadlines import DEADLINE_ENV, ModelDeadlines
 from fleetinfer.errors import ConfigError, TransientError
 from fleetinfer.node.health import HealthServer
+from fleetinfer.node.leftovers import remove_leftovers
 from fleetinfer.node.logs import ProgressLine, log_task
 from fleetinfer.node.metrics import NodeMetrics
 from fleetinfer.node.model_server import SOCKET_ENV, ModelServerProcess, ServerOptions
 from fleetinfer.node.preemption import DrainSignal, SpotWatcher, install_drain_handlers
+from fleetinfer.node.signals import AGENT_PID_ENV
 from fleetinfer.node.sizing import (
     DEFAULT_RESERVE_BYTES,
     WorkerPlan,
@@ -80,8 +85,13 @@ class NodeConfig:
     allow_dead_letters: bool = False  # with exit_when_empty: exit 0 even if tasks went dead
     log_format: str = "text"  # or "json": one object per line (fleetinfer.node.logs)
     progress: bool = False  # a live progress line on stderr when it is a terminal (`run`)
+    model_deadlines: str | None = None  # "cdnet=20,60" (`fleetinfer.deadlines`); None: derived
+    server_probe_interval_s: float = 2.0
+    server_probe_timeout_s: float = 5.0
+    server_probe_failures: int = 3  # failed probes in a row before the model server restarts
 
     def __post_init__(self) -> None:
+        ModelDeadlines.parse(self.model_deadlines)  # a ConfigError now, not in every worker
         if self.worker_nice is not None and not 0 <= self.worker_nice <= 19:
             raise ConfigError(f"worker niceness must be 0..19, got {self.worker_nice!r}")
         if not self.grace_s >= 0:
@@ -112,8 +122,9 @@ class NodeConfig:
 
     @property
     def kill_after_s(self) -> float:
-        """When the agent SIGKILLs workers on drain: after they gave up held work, before grace_s."""
-        return self.grace_s - self._drain_margin_s() / 2
+        """When the agent SIGKILLs workers on drain: at grace_s, a margin after they gave up held
+        work (the margin is the time a loaded host takes to release a message and exit)."""
+        return self.grace_s
 
     def worker_config(self) -> WorkerConfig:
         """What each worker process gets; it gives up held work a little before the agent kills it."""
@@ -154,6 +165,7 @@ class NodeReport:
     restarts: int
     duration_s: float
     drain_s: float
+    clean: bool = True  # every task running at the drain finished: none released, none killed
 
 
 def run_node(
@@ -191,12 +203,14 @@ class NodeAgent:
             policy=config.restart,
             verbose=config.verbose,
             preload=config.preload_workers,
+            on_signal=self.drain.request,
         )
         self._health: HealthServer | None = None
         self._spot: SpotWatcher | None = None
         self._server: ModelServerProcess | None = None
         self._broker: Broker | None = None
         self._empty_checks = 0
+        self._started = False
         self.progress = ProgressLine(wanted=config.progress)  # on a terminal only
 
     # -- the run -----------------------------------------------------------------------------
@@ -207,6 +221,7 @@ class NodeAgent:
         try:
             self._start_services()
             plan = self._start_workers()
+            self._started = True
             if on_ready is not None:
                 on_ready(NodeStarted(os.getpid(), self._metrics_url(), plan))
             self._watch()
@@ -218,7 +233,14 @@ class NodeAgent:
         reason = self.drain.reason or "stopped"
         outcomes = self.metrics.outcome_counts()
         restarts = self.supervisor.restarts
-        return NodeReport(reason, plan, outcomes, restarts, time.monotonic() - started, drain_s)
+        duration_s = time.monotonic() - started
+        return NodeReport(reason, plan, outcomes, restarts, duration_s, drain_s, self._clean())
+
+    def _clean(self) -> bool:
+        """Every task running when the drain began finished within the grace."""
+        unfinished = self.metrics.outcome_counts()["abandoned"]
+        unfinished += self.supervisor.killed_on_stop + self.supervisor.failed_on_stop
+        return unfinished == 0 and not self.drain.hurry.is_set()
 
     def _check_config(self) -> None:
         """Fail before starting anything: the target imports, the client mode has what it
@@ -229,12 +251,17 @@ class NodeAgent:
         self.metrics.watch_queue(self._broker)
 
     def _start_services(self) -> None:
+        remove_leftovers()
+        self.supervisor.env[AGENT_PID_ENV] = str(os.getpid())
+        if self.config.model_deadlines:
+            self.supervisor.env[DEADLINE_ENV] = self.config.model_deadlines
         if self.config.metrics_port is not None:
             self._health = HealthServer(
                 host=self.config.metrics_host,
                 port=self.config.metrics_port,
                 metrics=self.metrics.exposition,
                 health=self.health,
+                ready=self.readiness,
             ).start()
         self._start_model_server()
         if self.config.spot_endpoint is not None:
@@ -252,8 +279,12 @@ class NodeAgent:
             models=self.config.models,
             intra_op_threads=self.config.server_intra_op_threads,
             instance_count=self.config.server_instance_count,
+            probe_interval_s=self.config.server_probe_interval_s,
+            probe_timeout_s=self.config.server_probe_timeout_s,
+            probe_failures=self.config.server_probe_failures,
         )
-        self._server = server = ModelServerProcess(options).start()
+        self._server = server = ModelServerProcess(options, on_signal=self.drain.request).start()
+        server.start_probe()
         self.supervisor.env[SOCKET_ENV] = str(self._server.socket_path)
         self.metrics.add_scrape(lambda: server.metrics_url)
 
@@ -314,7 +345,7 @@ class NodeAgent:
     def _drain(self) -> None:
         self.metrics.draining.set(1)
         log.info("draining: %s; grace %.0f s", self.drain.reason, self.config.grace_s)
-        self.supervisor.stop(self.config.kill_after_s)
+        self.supervisor.stop(self.config.kill_after_s, hurry=self.drain.hurry)
         self.metrics.workers_alive.set(0)
 
     def _stop_services(self) -> None:
@@ -334,17 +365,26 @@ class NodeAgent:
     # -- observers ---------------------------------------------------------------------------
 
     def _on_worker_event(self, slot: int, event: dict[str, Any]) -> None:
+        if event["event"] == "signal":  # a worker got SIGTERM / SIGINT: the node drains
+            self.drain.request(f"{event.get('signal')} to worker {event.get('pid')}")
+            return
         self.metrics.record_event(event)
         if event["event"] == "task":
             log_task(event)
             self.progress.record(event)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy while not draining and at least one worker runs."""
+        """Healthy while not draining, at least one worker runs and the model server (if the
+        node runs one) answered its last probe."""
         pids = self.supervisor.pids()
         draining = self.drain.is_set()
+        answering = self._server is None or self._server.answering
+        status = "ok" if pids else "no workers"
+        status = status if answering else "model server not answering"
         body = {
-            "status": "draining" if draining else ("ok" if pids else "no workers"),
+            "status": "draining" if draining else status,
+            "model_server_answering": answering,
+            "model_server_pid": None if self._server is None else self._server.pid,
             "workers_alive": len(pids),
             "worker_pids": pids,
             "restarts": self.supervisor.restarts,
@@ -352,7 +392,14 @@ class NodeAgent:
             "drain_reason": self.drain.reason,
             "outcomes": self.metrics.outcome_counts(),
         }
-        return (bool(pids) and not draining), body
+        return (bool(pids) and not draining and answering), body
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready (for an orchestrator) while the node can take work: healthy, and started."""
+        healthy, body = self.health()
+        if not self._started and not self.drain.is_set():
+            body["status"] = "starting"
+        return healthy and self._started, body
 
     def _metrics_url(self) -> str | None:
         return None if self._health is None else self._health.url

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -24,15 +23,16 @@ class EventSink(Protocol):
 
 
 class PipeEvents:
-    """Events as JSON lines on a file descriptor (the write end of the agent's pipe)."""
+    """Events as JSON lines on a file descriptor (the write end of the agent's pipe). No lock:
+    one `os.write` of at most PIPE_BUF bytes is atomic, and a signal handler may emit while the
+    interrupted code was emitting too."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._lock = threading.Lock()
 
     def emit(self, event: str, **fields: Any) -> None:
         line = encode_event(event, fields)
-        with self._lock, contextlib.suppress(OSError):  # agent gone: the work goes on
+        with contextlib.suppress(OSError):  # agent gone: the work goes on
             os.write(self._fd, line)
 
 

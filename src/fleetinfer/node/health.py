@@ -1,7 +1,10 @@
-"""`/metrics` (Prometheus text format) and `/healthz` (JSON) over HTTP, on 127.0.0.1 by default.
+"""`/metrics` (Prometheus text), `/healthz` and `/readyz` (JSON) over HTTP, on 127.0.0.1 by default.
 
-`/healthz` answers 200 while the node works and 503 once it drains or has no live worker, with
-a JSON body a load balancer or a test can read: status, workers alive, their pids, restarts.
+`/healthz` answers 200 while the node works and 503 once it drains, has no live worker, or its
+model server stopped answering its probes, with a JSON body a load balancer or a test can read:
+status, workers alive, their pids, restarts. `/readyz` (for orchestrators' readiness checks)
+answers 200 only while the node can take work: started, not draining, workers alive, its model
+server answering.
 """
 
 from __future__ import annotations
@@ -23,9 +26,15 @@ class HealthServer:
     """A small threaded HTTP server; `port=0` picks a free port (read it from `.port`)."""
 
     def __init__(
-        self, *, host: str, port: int, metrics: Callable[[], bytes], health: HealthCheck
+        self,
+        *,
+        host: str,
+        port: int,
+        metrics: Callable[[], bytes],
+        health: HealthCheck,
+        ready: HealthCheck | None = None,
     ) -> None:
-        handler = _handler_class(metrics, health)
+        handler = _handler_class(metrics, {"/healthz": health, "/readyz": ready or health})
         self.host = host
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
@@ -62,18 +71,19 @@ class HealthServer:
 
 
 def _handler_class(
-    metrics: Callable[[], bytes], health: HealthCheck
+    metrics: Callable[[], bytes], checks: dict[str, HealthCheck]
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
+            check = checks.get(path)
             if path == "/metrics":
                 self._send(200, CONTENT_TYPE_LATEST, metrics())
-            elif path == "/healthz":
-                healthy, body = health()
+            elif check is not None:
+                healthy, body = check()
                 self._send(200 if healthy else 503, "application/json", json.dumps(body).encode())
             else:
-                self._send(404, "text/plain", b"not found: try /metrics or /healthz\n")
+                self._send(404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n")
 
         def _send(self, status: int, content_type: str, body: bytes) -> None:
             self.send_response(status)

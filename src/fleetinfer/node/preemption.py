@@ -29,12 +29,15 @@ NOTICE_PATH = "/latest/meta-data/spot/instance-action"
 
 
 class DrainSignal:
-    """Set once, by whoever asks first; remembers why."""
+    """Set once, by whoever asks first; remembers why. `hurry` is set when the grace is cut
+    short (a second SIGTERM / SIGINT to the agent)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self.reason: str | None = None
+        self.hurry = threading.Event()
+        self.agent_signals = 0  # SIGTERM / SIGINT received by the agent itself
 
     def request(self, reason: str, *, routine: bool = False) -> None:
         """Drain for `reason`; a `routine` one (the queue is empty) is logged at info, not as
@@ -55,10 +58,17 @@ class DrainSignal:
 
 
 def install_drain_handlers(drain: DrainSignal) -> Callable[[], None]:
-    """SIGTERM and SIGINT request a drain; returns a function that restores the old handlers."""
+    """SIGTERM and SIGINT request a drain, a second one to the agent cuts the grace short;
+    returns a function that restores the old handlers."""
 
     def handle(signum: int, frame: FrameType | None) -> None:
-        drain.request(f"received {signal.Signals(signum).name}")
+        drain.agent_signals += 1
+        if drain.agent_signals == 1:
+            drain.request(f"received {signal.Signals(signum).name}")
+        elif not drain.hurry.is_set():
+            log.warning("second %s: releasing in-flight tasks now", signal.Signals(signum).name)
+            drain.request(f"received {signal.Signals(signum).name}")
+            drain.hurry.set()
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 

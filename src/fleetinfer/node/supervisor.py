@@ -30,6 +30,7 @@ from fleetinfer.errors import ConfigError
 from fleetinfer.node.configpipe import config_pipe
 from fleetinfer.node.events import read_events
 from fleetinfer.node.process import EXIT_CONFIG
+from fleetinfer.node.signals import HURRY_SIGNAL, drain_signals_blocked
 from fleetinfer.node.worker import WorkerConfig
 from fleetinfer.node.zygote import ForkedWorker, PreloadRefusedError, Zygote
 
@@ -37,6 +38,9 @@ log = logging.getLogger("fleetinfer.node")
 
 EventHandler = Callable[[int, dict[str, Any]], None]
 """Called with (worker slot, event) from the slot's reader thread."""
+
+HURRIED_KILL_AFTER_S = 2.0  # after HURRY_SIGNAL, what a worker gets to release its task and end
+STOP_POLL_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +91,10 @@ class Supervisor:
         policy: RestartPolicy | None = None,
         verbose: bool = False,
         preload: bool = True,
+        on_signal: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
+        self._on_signal = on_signal
         self.preload = preload
         self._zygote: Zygote | None = None
         self.policy = policy or RestartPolicy()
@@ -101,6 +107,8 @@ class Supervisor:
         self.restarts = 0
         self.fatal: str | None = None
         self.env: dict[str, str] = {}  # set by the agent before starting workers
+        self.killed_on_stop = 0  # workers still running when `stop` gave up on them
+        self.failed_on_stop = 0  # workers that ended with another code than 0 while stopping
 
     # -- starting ----------------------------------------------------------------------------
 
@@ -117,7 +125,8 @@ class Supervisor:
         try:
             slot.process = self._forked(write_fd) if self.preload else None
             if slot.process is None:
-                slot.process = self._fresh(write_fd)
+                with drain_signals_blocked():  # the worker unblocks them once it handles them
+                    slot.process = self._fresh(write_fd)
         except BaseException:
             os.close(read_fd)
             raise
@@ -150,7 +159,11 @@ class Supervisor:
         if self._zygote is None:
             env = worker_environment(self.env)
             self._zygote = Zygote(
-                self.config.encode(), env, _worker_stdout(), verbose=self._verbose
+                self.config.encode(),
+                env,
+                _worker_stdout(),
+                verbose=self._verbose,
+                on_signal=self._on_signal,
             )
         return self._zygote
 
@@ -249,21 +262,33 @@ class Supervisor:
 
     # -- stopping ----------------------------------------------------------------------------
 
-    def stop(self, grace_s: float) -> None:
-        """SIGTERM every worker, wait up to `grace_s`, SIGKILL what remains."""
+    def stop(self, grace_s: float, hurry: threading.Event | None = None) -> None:
+        """SIGTERM every worker, wait up to `grace_s`, SIGKILL what remains. Once `hurry` is
+        set, the workers are told to release their tasks now (HURRY_SIGNAL) and get
+        HURRIED_KILL_AFTER_S more. Counts what was not clean (`killed_on_stop`,
+        `failed_on_stop`)."""
         with self._lock:
             self._stopping = True
             processes = [s.process for s in self._slots if s.process is not None]
         for process in processes:
             _signal(process, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        for process in processes:
-            _wait_until(process, deadline)
+        hurried = False
+        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+            if hurry is not None and hurry.is_set() and not hurried:
+                hurried = True
+                deadline = min(deadline, time.monotonic() + HURRIED_KILL_AFTER_S)
+                for process in processes:
+                    _signal(process, HURRY_SIGNAL)
+            time.sleep(STOP_POLL_S)
         for process in processes:
             if process.poll() is None:
                 log.error("worker %d still running after %.0f s: killing it", process.pid, grace_s)
                 process.kill()
                 process.wait()
+                self.killed_on_stop += 1
+            elif process.poll() != 0:
+                self.failed_on_stop += 1
         self._join_readers()
         if self._zygote is not None:
             self._zygote.close()

@@ -163,6 +163,8 @@ class Worker:
         self._stopping = threading.Event()
         self._abandon_at: float | None = None
         self._task_id = ""  # the task of the message being processed (for its event)
+        self._started = time.monotonic()  # when the message now handled was received
+        self._reported = False  # its `task` event is out
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -176,11 +178,13 @@ class Worker:
             self.close()
 
     def stop(self, *, grace_s: float | None = None) -> None:
-        """Stop receiving; a task still running after `grace_s` is released and the process ends."""
+        """Stop receiving; a task still running after `grace_s` is released and the process ends.
+        A later call may shorten the grace (never lengthen it)."""
         self._stopping.set()
         grace = self.config.grace_s if grace_s is None else grace_s
-        if self._abandon_at is None:
-            self._abandon_at = time.monotonic() + grace
+        abandon_at = time.monotonic() + grace
+        if self._abandon_at is None or abandon_at < self._abandon_at:
+            self._abandon_at = abandon_at
 
     @property
     def stopping(self) -> bool:
@@ -197,15 +201,27 @@ class Worker:
     def step(self) -> Outcome | None:
         """Receive at most one message and settle it; None when none came."""
         message = self._receive()
+        if message is not None and self._stopping.is_set():
+            self._release_unstarted(message)  # came as the drain began: another node runs it
+            return None
         return None if message is None else self.process(message)
 
     def process(self, message: Message) -> Outcome:
         """Decode, run, store and settle one received message."""
-        started = time.monotonic()
+        self._started = time.monotonic()
+        self._reported = False
         self._task_id = ""
         with self._lease(message) as lease:
             outcome, task_name = self._handle(lease)
-        duration_s = time.monotonic() - started
+        if not self._reported:
+            self._report(outcome, task_name)
+        return outcome
+
+    def _report(self, outcome: Outcome, task_name: str) -> None:
+        """The `task` event; for an outcome with a stored result, right after the store and
+        before the message is settled, so that a worker killed in between loses no count (the
+        redelivery then counts as a duplicate, which it is)."""
+        duration_s = time.monotonic() - self._started
         self.events.emit(
             "task",
             outcome=str(outcome),
@@ -213,7 +229,13 @@ class Worker:
             task_id=self._task_id,
             duration_s=duration_s,
         )
-        return outcome
+        self._reported = True
+
+    def _release_unstarted(self, message: Message) -> None:
+        try:
+            self.broker.release(message.receipt)
+        except FleetinferError as exc:
+            log.warning("could not release message %s on drain: %s", message.id, exc)
 
     def _receive(self) -> Message | None:
         try:
@@ -336,6 +358,7 @@ class Worker:
         count = lease.message.receive_count
         if error is None:
             self._store(envelope, task, attempt, TaskStatus.SUCCEEDED, count)
+            self._report(Outcome.SUCCEEDED, task.name)
             return self._settle(lease, Outcome.SUCCEEDED, self.broker.ack)
         if isinstance(error, Retry) and count < self.max_receives(task):
             delay_s = min(max(error.delay_s, 0.0), MAX_DELAY_S)
@@ -346,6 +369,7 @@ class Worker:
             return self._release_unserved(lease, envelope, error)
         if isinstance(error, Reject):
             self._store(envelope, task, attempt, TaskStatus.REJECTED, count)
+            self._report(Outcome.REJECTED, task.name)
             return self._settle(
                 lease, Outcome.REJECTED, lambda r: self.broker.dead_letter(r, error.reason)
             )
@@ -362,6 +386,7 @@ class Worker:
                 "task %s %s is dead after %d receives: %s", task.name, envelope.id, count, reason
             )
             self._store(envelope, task, attempt, TaskStatus.DEAD, count)
+            self._report(Outcome.DEAD, task.name)
             return self._settle(lease, Outcome.DEAD, lambda r: self.broker.dead_letter(r, reason))
         log.warning(
             "task %s %s failed (receive %d), will retry: %s", task.name, envelope.id, count, reason

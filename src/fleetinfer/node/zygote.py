@@ -15,13 +15,16 @@ The supervisor and the zygote talk over a SOCK_SEQPACKET socket pair, one messag
     zygote -> supervisor   {"pid": N}                 the worker forked for that request
     zygote -> supervisor   {"exited": N, "code": C}   a worker ended (C as Popen: -signal if killed)
     zygote -> supervisor   {"refused": why}           it will not fork: the answer to every spawn
+    zygote -> supervisor   {"signal": name}           it got SIGTERM / SIGINT: drain the node
 
 The zygote forks from its only Python thread. If importing the task's module started other
 Python threads (a client pool, a background poller), a fork would copy none of them and leave
 whatever locks they held locked in every worker; the zygote then refuses, and the supervisor
 starts the node's workers as fresh interpreters, with a warning that says why. The zygote exits
-when the supervisor closes its end, and dies with the agent; its workers drain when it dies
-(`process._die_with_parent`).
+when the supervisor closes its end, and dies with the agent. A SIGTERM or SIGINT does not end it:
+it asks the agent to drain the node (`signals.py`). Its workers get the parent-death signal when
+it dies: with the agent alive they finish or release their tasks as in a drain, and the agent
+follows them by pid until they end (it does not kill them).
 """
 
 from __future__ import annotations
@@ -34,34 +37,46 @@ import json
 import logging
 import os
 import queue
+import select
 import selectors
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import NoReturn
 
 from fleetinfer.errors import TransientError
 from fleetinfer.node.configpipe import config_pipe
+from fleetinfer.node.signals import (
+    DRAIN_SIGNALS,
+    die_with_parent,
+    drain_signals_blocked,
+    process_alive,
+    unblock_drain_signals,
+)
 
 log = logging.getLogger("fleetinfer.node")
 
 SPAWN = b"spawn"
 SPAWN_TIMEOUT_S = 30.0
+ORPHAN_POLL_S = 0.05
 
 
 # -- the zygote process ---------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parent = os.getppid()
     args = _parse(argv)
     control = socket.socket(fileno=args.control_fd)
-    from fleetinfer.node import process
-
-    process._die_with_parent()
+    _install_signals(control, parent)
+    die_with_parent(parent)
+    unblock_drain_signals()
     _preload(args.config)
     threads = _threads_started_by_imports()
     if threads:
@@ -82,15 +97,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 events_fd = _receive_spawn(control)
                 if events_fd is None:
                     return 0  # the supervisor closed its end: no more workers to make
-                pid = os.fork()
-                if pid == 0:
-                    _run_worker(args, events_fd, (control.fileno(), wake_r, wake_w))
+                with drain_signals_blocked():  # the worker unblocks them once it handles them
+                    pid = os.fork()
+                    if pid == 0:
+                        _run_worker(args, events_fd, (control.fileno(), wake_r, wake_w))
                 os.close(events_fd)
                 control.send(json.dumps({"pid": pid}).encode())
             else:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
         _reap(control)
+
+
+def _install_signals(control: socket.socket, parent: int) -> None:
+    """SIGTERM / SIGINT: ask the agent to drain the node, go on forking until it closes our
+    end. The parent-death signal (the agent died): end now, so that the workers follow."""
+
+    def drain(signum: int, frame: FrameType | None) -> None:
+        if os.getppid() != parent or not process_alive(parent):  # see process._parent_gone
+            os._exit(0)
+        with contextlib.suppress(OSError):
+            control.send(json.dumps({"signal": signal.Signals(signum).name}).encode())
+
+    for signum in DRAIN_SIGNALS:
+        signal.signal(signum, drain)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -243,7 +273,13 @@ class Zygote:
     """Starts the zygote process, asks it for workers and learns how they end."""
 
     def __init__(
-        self, config_json: str, env: dict[str, str], stdout: int | None, *, verbose: bool
+        self,
+        config_json: str,
+        env: dict[str, str],
+        stdout: int | None,
+        *,
+        verbose: bool,
+        on_signal: Callable[[str], None] | None = None,
     ) -> None:
         self._command = [sys.executable, "-m", "fleetinfer.node.zygote"]
         self._command += ["--verbose"] if verbose else []
@@ -257,6 +293,7 @@ class Zygote:
         self._sock: socket.socket | None = None
         self._pids: queue.Queue[int | None] = queue.Queue()
         self.refused: str | None = None  # why the zygote will not fork workers, once it said so
+        self._on_signal = on_signal
 
     @property
     def pid(self) -> int | None:
@@ -308,9 +345,13 @@ class Zygote:
         try:
             command = [*self._command, "--control-fd", str(theirs.fileno())]
             command += ["--config-fd", str(config_fd)]
-            self._process = subprocess.Popen(
-                command, pass_fds=(theirs.fileno(), config_fd), stdout=self._stdout, env=self._env
-            )
+            with drain_signals_blocked():
+                self._process = subprocess.Popen(
+                    command,
+                    pass_fds=(theirs.fileno(), config_fd),
+                    stdout=self._stdout,
+                    env=self._env,
+                )
         except BaseException:
             ours.close()
             raise
@@ -336,6 +377,9 @@ class Zygote:
             elif "refused" in message:
                 self.refused = str(message["refused"])
                 pids.put(None)  # the answer to the spawn request
+            elif "signal" in message:
+                if self._on_signal is not None:
+                    self._on_signal(f"{message['signal']} to the worker zygote")
             else:
                 self._exited(int(message["exited"]), int(message["code"]))
         pids.put(None)
@@ -350,14 +394,44 @@ class Zygote:
             worker.exited(code)
 
     def _orphaned(self) -> None:
-        """The zygote is gone: its workers got SIGTERM (they drain), but no exit code can reach
-        us any more. Stop them now and report them killed, so that the supervisor moves on."""
+        """The zygote is gone: its workers got the parent-death signal and finish or release
+        their tasks (`process.py`). No exit code can reach us any more: follow them by pid until
+        they end, reported as 0 (they drain and exit 0), so that the supervisor moves on."""
         with self._state:
             orphans = list(self._children.values())
             self._children.clear()
-        for worker in orphans:
-            worker.kill()
-            worker.exited(-signal.SIGKILL)
+        if orphans:
+            threading.Thread(
+                target=_follow_orphans, args=(orphans,), name="fleetinfer-orphans", daemon=True
+            ).start()
+
+
+def _follow_orphans(orphans: list[ForkedWorker]) -> None:
+    """Report each orphan exited once its process has ended (pidfd where there is one)."""
+    waiting = {worker: _pidfd(worker.pid) for worker in orphans}
+    while waiting:
+        for worker, fd in list(waiting.items()):
+            if not _ended(worker.pid, fd):
+                continue
+            if fd is not None:
+                os.close(fd)
+            del waiting[worker]
+            worker.exited(0)
+        time.sleep(ORPHAN_POLL_S)
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):  # ended already, or an older kernel
+        return None
+
+
+def _ended(pid: int, fd: int | None) -> bool:
+    if fd is not None:
+        readable, _, _ = select.select([fd], [], [], 0)
+        return bool(readable)
+    return not process_alive(pid)
 
 
 if __name__ == "__main__":

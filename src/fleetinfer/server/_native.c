@@ -19,6 +19,7 @@ is made in Python.
 #include <Python.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -199,9 +200,10 @@ static int handle_signals(PyThreadState **state) {
 }
 
 /* After a send or recv failed with `errno`: wait if the socket is non-blocking, run signal
-   handlers if interrupted. SENT_OK to try again. */
+   handlers if interrupted. SENT_OK to try again. On a blocking socket EAGAIN means its timeout
+   (SO_RCVTIMEO / SO_SNDTIMEO, the call's deadline) ran out: SENT_ERRNO, with errno kept. */
 static Outcome after_failure(int fd, short events, PyThreadState **state) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    if ((errno == EAGAIN || errno == EWOULDBLOCK) && (fcntl(fd, F_GETFL) & O_NONBLOCK)) {
         struct pollfd pfd = {fd, events, 0};
         if (poll(&pfd, 1, -1) >= 0) return SENT_OK;
     }

@@ -26,11 +26,13 @@ each one in the lane too.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import math
 import os
 import select
 import socket
+import struct
 import threading
 import weakref
 from collections.abc import Mapping
@@ -41,7 +43,7 @@ from typing import Any, NamedTuple, TypeVar
 import msgspec
 import numpy as np
 
-from fleetinfer.errors import InvalidInputError, PayloadTooLargeError
+from fleetinfer.errors import InvalidInputError, ModelDeadlineError, PayloadTooLargeError
 from fleetinfer.server.native import compiled, native_available
 from fleetinfer.server.protocol import (
     HEADER,
@@ -82,6 +84,8 @@ REPEATED_CALLS_KEPT = 16
 REPEATED_SHARE_MAX = 4  # repeated calls keep at most 1/4 of the region for themselves
 _SEEN_KEPT = 64
 REPLY_SPIN_US = 500  # how long a caller polls for the reply before it blocks (`spin.py`)
+ATTACH_TIMEOUT_S = 10.0  # a connection's first request (attach) waits this long for its reply
+_TIMED_OUT = (errno.EAGAIN, errno.EWOULDBLOCK)  # a blocking socket's SO_RCVTIMEO ran out
 _DTYPE_NAMES = {np.dtype(t): name for name, t in DTYPES.items()}
 
 
@@ -193,6 +197,7 @@ class Channel:
     ) -> None:
         self.sock, self.region, self.max_region_bytes = sock, region, max_region_bytes
         self.pid = os.getpid()
+        self.deadline_s: float | None = None  # the socket's reply timeout now (None: none)
         self.spinner = Spinner(spin_us)
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
@@ -221,10 +226,13 @@ class Channel:
         region_bytes: int,
         max_region_bytes: int,
         spin_us: float = REPLY_SPIN_US,
+        attach_timeout_s: float = ATTACH_TIMEOUT_S,
     ) -> Channel:
-        """Connect and attach a fresh region; `OSError` if nobody listens."""
+        """Connect and attach a fresh region; `OSError` if nobody listens, `ModelDeadlineError`
+        if the server accepts but does not answer the attach within `attach_timeout_s`."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            _set_socket_timeout(sock, attach_timeout_s)
             sock.connect(str(socket_path))
             check_server_peer(sock, socket_path)  # not another user in the server's place
             region = SharedRegion.create(region_bytes)
@@ -232,12 +240,21 @@ class Channel:
             sock.close()
             raise
         channel = cls(sock, region, max_region_bytes, spin_us=spin_us)
+        channel.deadline_s = attach_timeout_s
         try:
             channel.call(Kind.ATTACH, Attach(region.name, region.size_bytes), Empty)
         except BaseException:
             channel.close()
             raise
         return channel
+
+    def set_deadline(self, seconds: float) -> None:
+        """Each later request fails with `ModelDeadlineError` when its reply has not come
+        `seconds` after it was sent (the socket's timeout: both the C and the Python path
+        block in `recv` on it). A system call only when the value changes."""
+        if seconds != self.deadline_s:
+            _set_socket_timeout(self.sock, seconds)
+            self.deadline_s = seconds
 
     def close(self) -> None:
         """Close the socket and unlink the region; outputs still in use stay readable."""
@@ -272,7 +289,7 @@ class Channel:
             reply_kind, reply_id, payload = self._read_frame()
             self.spinner.answered()
         except OSError as exc:
-            raise ChannelBrokenError(f"model server connection failed: {exc}") from exc
+            raise _broken(exc, self.deadline_s) from exc
         if reply_id not in (request_id, 0):
             raise ChannelBrokenError(f"reply {reply_id} does not answer request {request_id}")
         if reply_kind == Kind.ERROR:
@@ -317,7 +334,7 @@ class Channel:
             try:
                 done = lane.call(model, version, inputs)
             except OSError as exc:
-                raise ChannelBrokenError(f"model server connection failed: {exc}") from exc
+                raise _broken(exc, self.deadline_s) from exc
             if type(done) is dict:
                 return done
             if done is not None:
@@ -607,6 +624,28 @@ def _outputs(layout: OutputLayout, span: np.ndarray[Any, Any]) -> Tensors:
     ) in layout.outputs:  # a loop: 3.11 makes a function per comprehension
         outputs[name] = np.ndarray(shape, dtype, buffer=span, offset=offset)
     return outputs
+
+
+def _set_socket_timeout(sock: socket.socket, seconds: float) -> None:
+    """SO_RCVTIMEO and SO_SNDTIMEO: the socket stays blocking (the C lane relies on it), and a
+    recv or send that waits longer fails with EAGAIN."""
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def _broken(exc: OSError, deadline_s: float | None) -> Exception:
+    """The error for a request whose socket failed with `exc`: past its deadline (the
+    connection is then out of step and must be dropped), or broken."""
+    if exc.errno in _TIMED_OUT:
+        within = "its deadline" if deadline_s is None else f"the deadline of {deadline_s:g} s"
+        return ModelDeadlineError(
+            f"the model server did not answer within {within}: it is "
+            "hung or far behind (the node restarts a server that stops answering; raise the "
+            "deadline with --model-deadline-s if the model is this slow)"
+        )
+    return ChannelBrokenError(f"model server connection failed: {exc}")
 
 
 def _unlink_if_owner(name: str, pid: int) -> None:
