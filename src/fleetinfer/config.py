@@ -74,6 +74,9 @@ class NodeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     worker_nice: Nice | None = None
     log_format: Literal["text", "json"] = "text"
     verbose: bool = False
+    labels: dict[str, str] = msgspec.field(default_factory=dict)  # placement: arch, label.<name>
+    devices: Positive | None = None  # one model server per device (client = "shared")
+    device_kind: Literal["cpu", "cuda", "neuron"] = "cpu"
 
     def secrets(self) -> dict[str, str]:
         """The passwords the settings point to, by URL key (read now: a file or a variable)."""
@@ -346,5 +349,8 @@ def node_config(settings: NodeSettings) -> NodeConfig:
         preload_workers=settings.preload,
         worker_nice=settings.worker_nice,
         log_format=settings.log_format,
+        labels=dict(settings.labels),
+        devices=settings.devices,
+        device_kind=settings.device_kind,
         progress=settings.log_format == "text",  # JSON logs are for machines: no live line
     )

@@ -80,6 +80,9 @@ class NodeConfig:
     allow_dead_letters: bool = False  # with exit_when_empty: exit 0 even if tasks went dead
     log_format: str = "text"  # or "json": one object per line (fleetinfer.node.logs)
     progress: bool = False  # a live progress line on stderr when it is a terminal (`run`)
+    labels: dict[str, str] = field(default_factory=dict)  # placement: override node attributes
+    devices: int | None = None  # with a model server: one per device (node/placement.py)
+    device_kind: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.worker_nice is not None and not 0 <= self.worker_nice <= 19:
@@ -132,7 +135,15 @@ class NodeConfig:
             backoff_max_s=self.task_backoff_max_s,
             nice=self.effective_worker_nice,
             log_format=self.log_format,
+            attributes=self.attributes,
         )
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        """What this node can run: detected attributes with `labels` over them (placement)."""
+        from fleetinfer.node.attributes import node_attributes
+
+        return node_attributes(self.labels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +206,7 @@ class NodeAgent:
         self._health: HealthServer | None = None
         self._spot: SpotWatcher | None = None
         self._server: ModelServerProcess | None = None
+        self._servers: list[ModelServerProcess] = []  # one per device (`devices`)
         self._broker: Broker | None = None
         self._empty_checks = 0
         self.progress = ProgressLine(wanted=config.progress)  # on a terminal only
@@ -224,8 +236,9 @@ class NodeAgent:
         """Fail before starting anything: the target imports, the client mode has what it
         needs, the models load, the queue and store answer (`preflight`)."""
         from fleetinfer.node import preflight
+        from fleetinfer.queue.placed import PlacedBroker
 
-        self._broker = preflight.check_node(self.config)
+        self._broker = PlacedBroker(preflight.check_node(self.config), self.config.attributes)
         self.metrics.watch_queue(self._broker)
 
     def _start_services(self) -> None:
@@ -248,6 +261,9 @@ class NodeAgent:
         """In shared mode with a model repository, the node runs its own model server."""
         if self.config.client_mode != "shared" or self.config.models is None:
             return
+        if self.config.devices is not None:
+            self._start_device_servers()
+            return
         options = ServerOptions(
             models=self.config.models,
             intra_op_threads=self.config.server_intra_op_threads,
@@ -256,6 +272,17 @@ class NodeAgent:
         self._server = server = ModelServerProcess(options).start()
         self.supervisor.env[SOCKET_ENV] = str(self._server.socket_path)
         self.metrics.add_scrape(lambda: server.metrics_url)
+
+    def _start_device_servers(self) -> None:
+        """One model server per device, each pinned; workers spread over them (placement)."""
+        from fleetinfer.node.placement import device_plans, start_device_servers
+
+        assert self.config.devices is not None
+        plans = device_plans(self.config.device_kind, self.config.devices)
+        self._servers, env = start_device_servers(self.config, plans)
+        self.supervisor.env.update(env)
+        for server in self._servers:
+            self.metrics.add_scrape(lambda s=server: s.metrics_url)  # type: ignore[misc]
 
     def _start_workers(self) -> WorkerPlan:
         if self.config.workers is not None:
@@ -292,8 +319,9 @@ class NodeAgent:
     def _watch(self) -> None:
         while not self.drain.wait(self.config.poll_interval_s):
             self.supervisor.poll()
-            if self._server is not None:
-                self._server.poll()
+            for server in [self._server, *self._servers]:
+                if server is not None:
+                    server.poll()
             self.metrics.workers_alive.set(self.supervisor.alive())
             if self.supervisor.fatal is not None:
                 raise ConfigError(f"a worker cannot run: {self.supervisor.fatal}")
@@ -321,8 +349,9 @@ class NodeAgent:
         if not self.drain.is_set():
             self.drain.request("the agent failed", routine=True)  # its error is reported
             self.supervisor.stop(self.config.kill_after_s)
-        if self._server is not None:
-            self._server.cleanup()
+        for server in [self._server, *self._servers]:
+            if server is not None:
+                server.cleanup()
         if self._spot is not None:
             self._spot.stop()
         if self._health is not None:

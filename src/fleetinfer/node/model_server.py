@@ -34,6 +34,8 @@ class ServerOptions:
     instance_count: int | None = None  # None: each model's config.toml decides
     start_timeout_s: float = 120.0
     stop_timeout_s: float = 10.0
+    env: dict[str, str] | None = None  # added to the server's environment (device visibility)
+    cpus: frozenset[int] | None = None  # pin the server to these cores (one CPU "device")
 
 
 class ModelServerProcess:
@@ -73,10 +75,17 @@ class ModelServerProcess:
         """Start the server and wait for its ready line; a server that cannot start is a
         `ConfigError` carrying its error output."""
         with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=log_file)
+            self.process = subprocess.Popen(
+                self.command(), stdout=subprocess.PIPE, stderr=log_file, env=self._environment()
+            )
+        if self.options.cpus is not None:  # before it loads models: its threads inherit it
+            os.sched_setaffinity(self.process.pid, self.options.cpus)
         self._wait_ready(self.process)
         log.info("model server %d serves %s", self.process.pid, self.socket_path)
         return self
+
+    def _environment(self) -> dict[str, str] | None:
+        return None if not self.options.env else {**os.environ, **self.options.env}
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
@@ -133,6 +142,7 @@ class ModelServerProcess:
         self.stop()
         self.socket_path.unlink(missing_ok=True)
         self.log_path.unlink(missing_ok=True)
+        (self._dir / "device-counter").unlink(missing_ok=True)  # node/placement.py's
         if self._dir.exists() and not any(self._dir.iterdir()):
             self._dir.rmdir()
 
