@@ -216,6 +216,8 @@ def _typed(
         if key not in _FIELD_TYPES:
             errors.append(_unknown(where, SETTING_NAMES, "a node setting", key=key))
             continue
+        if key == "labels" and isinstance(value, str):  # FLEETINFER_LABELS=arch=arm64,label.x=y
+            value = dict(item.partition("=")[::2] for item in value.split(",") if item)
         try:
             values[key] = msgspec.convert(value, type=_FIELD_TYPES[key], strict=strict)
         except msgspec.ValidationError as exc:

@@ -251,3 +251,26 @@ def test_a_node_with_one_server_picks_no_device_socket() -> None:
     assert (
         pick_device_socket({k: v for k, v in os.environ.items() if k != DEVICE_SOCKETS_ENV}) is None
     )
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_labels_come_from_the_file_or_from_fleetinfer_labels(tmp_path: Path) -> None:
+    from fleetinfer.config import load_settings, node_config
+
+    (tmp_path / "fleetinfer.toml").write_text(
+        '[node]\ntarget = "t:app"\nlabels = { arch = "arm64" }\ndevices = 2\n'
+    )
+    settings = load_settings(environ={}, cwd=tmp_path)
+    assert node_config(settings).attributes["arch"] == "arm64"
+    assert node_config(settings).devices == 2
+    from_env = load_settings(environ={"FLEETINFER_LABELS": "label.pool=gold,arch=amd64"}, cwd=tmp_path)
+    assert from_env.labels == {"label.pool": "gold", "arch": "amd64"}
+
+
+def test_a_bad_label_key_stops_the_node_before_it_starts(tmp_path: Path) -> None:
+    from fleetinfer.node.agent import NodeAgent, NodeConfig
+
+    with pytest.raises(ConfigError, match="unknown capability key 'pool'.*labels"):
+        NodeAgent(NodeConfig(target="tests.apps.jobs:app", labels={"pool": "gold"}))
