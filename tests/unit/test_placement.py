@@ -265,12 +265,14 @@ def test_labels_come_from_the_file_or_from_fleetinfer_labels(tmp_path: Path) -> 
     settings = load_settings(environ={}, cwd=tmp_path)
     assert node_config(settings).attributes["arch"] == "arm64"
     assert node_config(settings).devices == 2
-    from_env = load_settings(environ={"FLEETINFER_LABELS": "label.pool=gold,arch=amd64"}, cwd=tmp_path)
+    from_env = load_settings(
+        environ={"FLEETINFER_LABELS": "label.pool=gold,arch=amd64"}, cwd=tmp_path
+    )
     assert from_env.labels == {"label.pool": "gold", "arch": "amd64"}
 
 
 def test_a_bad_label_key_stops_the_node_before_it_starts(tmp_path: Path) -> None:
     from fleetinfer.node.agent import NodeAgent, NodeConfig
 
-    with pytest.raises(ConfigError, match="unknown capability key 'pool'.*labels"):
+    with pytest.raises(ConfigError, match=r"unknown capability key 'pool'.*labels"):
         NodeAgent(NodeConfig(target="tests.apps.jobs:app", labels={"pool": "gold"}))
