@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,12 +18,14 @@ from fleetinfer.node.attributes import (
     parse_requirements,
     satisfies,
 )
+from fleetinfer.node.model_server import ServerOptions
 from fleetinfer.node.placement import (
     DEVICE_COUNTER_ENV,
     DEVICE_SOCKETS_ENV,
     device_environment,
     device_plans,
     pick_device_socket,
+    start_device_servers,
 )
 from fleetinfer.queue import open_broker
 from fleetinfer.queue.classes import (
@@ -276,3 +279,49 @@ def test_a_bad_label_key_stops_the_node_before_it_starts(tmp_path: Path) -> None
 
     with pytest.raises(ConfigError, match=r"unknown capability key 'pool'.*labels"):
         NodeAgent(NodeConfig(target="tests.apps.jobs:app", labels={"pool": "gold"}))
+
+
+class _FakeServer:
+    def __init__(self, options: ServerOptions, folder: Path) -> None:
+        self.options = options
+        self.socket_path = folder / f"{len(list(folder.glob('*.sock')))}.sock"
+        self.socket_path.touch()
+        self.cleaned = False
+
+    def cleanup(self) -> None:
+        self.cleaned = True
+
+
+def test_each_device_server_starts_with_its_own_environment(tmp_path: Path) -> None:
+    options = ServerOptions(models=tmp_path, instance_count=1)
+    started: list[_FakeServer] = []
+
+    def start(narrowed: ServerOptions) -> Any:
+        started.append(_FakeServer(narrowed, tmp_path))
+        return started[-1]
+
+    servers, env = start_device_servers(options, device_plans("neuron", 2), start)
+    assert servers == started
+    assert [s.options.env for s in started] == [
+        {"NEURON_RT_VISIBLE_CORES": "0"},
+        {"NEURON_RT_VISIBLE_CORES": "1"},
+    ]
+    assert all(s.options.instance_count == 1 for s in started)
+    assert env[DEVICE_SOCKETS_ENV] == os.pathsep.join(str(s.socket_path) for s in started)
+
+
+def test_a_device_server_that_fails_stops_the_ones_started(tmp_path: Path) -> None:
+    started: list[_FakeServer] = []
+
+    def start(narrowed: ServerOptions) -> Any:
+        if started:
+            raise ConfigError("the model server did not become ready")
+        started.append(_FakeServer(narrowed, tmp_path))
+        return started[-1]
+
+    plans = device_plans("cpu", 2, cpus=frozenset({0, 1}))
+    with pytest.raises(ConfigError, match="did not become ready"):
+        start_device_servers(ServerOptions(models=tmp_path), plans, start)
+    assert started[0].cleaned
+    assert started[0].options.cpus == frozenset({0})
+    assert started[0].options.intra_op_threads == 1

@@ -261,25 +261,27 @@ class NodeAgent:
         """In shared mode with a model repository, the node runs its own model server."""
         if self.config.client_mode != "shared" or self.config.models is None:
             return
-        if self.config.devices is not None:
-            self._start_device_servers()
-            return
         options = ServerOptions(
             models=self.config.models,
             intra_op_threads=self.config.server_intra_op_threads,
             instance_count=self.config.server_instance_count,
         )
+        if self.config.devices is not None:
+            self._start_device_servers(options)
+            return
         self._server = server = ModelServerProcess(options).start()
         self.supervisor.env[SOCKET_ENV] = str(self._server.socket_path)
         self.metrics.add_scrape(lambda: server.metrics_url)
 
-    def _start_device_servers(self) -> None:
+    def _start_device_servers(self, options: ServerOptions) -> None:
         """One model server per device, each pinned; workers spread over them (placement)."""
         from fleetinfer.node.placement import device_plans, start_device_servers
 
         assert self.config.devices is not None
         plans = device_plans(self.config.device_kind, self.config.devices)
-        self._servers, env = start_device_servers(self.config, plans)
+        self._servers, env = start_device_servers(
+            options, plans, lambda o: ModelServerProcess(o).start()
+        )
         self.supervisor.env.update(env)
         for server in self._servers:
             self.metrics.add_scrape(lambda s=server: s.metrics_url)  # type: ignore[misc]

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,8 +30,7 @@ from fleetinfer.queue import open_broker
 from fleetinfer.queue.base import Broker
 
 if TYPE_CHECKING:
-    from fleetinfer.node.agent import NodeConfig
-    from fleetinfer.node.model_server import ModelServerProcess
+    from fleetinfer.node.model_server import ModelServerProcess, ServerOptions
 
 DEVICE_SOCKETS_ENV = "FLEETINFER_DEVICE_SOCKETS"
 DEVICE_COUNTER_ENV = "FLEETINFER_DEVICE_COUNTER"
@@ -79,24 +78,19 @@ def device_plans(kind: str, count: int, *, cpus: frozenset[int] | None = None) -
 
 
 def start_device_servers(
-    config: NodeConfig, plans: list[DevicePlan]
+    options: ServerOptions,
+    plans: list[DevicePlan],
+    start: Callable[[ServerOptions], ModelServerProcess],
 ) -> tuple[list[ModelServerProcess], dict[str, str]]:
-    """Start one model server per plan; returns them and the workers' environment. A server
-    that cannot start stops the ones already started and raises `ConfigError`."""
-    from fleetinfer.node.model_server import ModelServerProcess, ServerOptions
-
-    assert config.models is not None
+    """Start one model server per plan with `start` (the agent's way of starting its server,
+    given `options` narrowed to the device); returns them and the workers' environment. A
+    server that cannot start stops the ones already started, and its error propagates."""
     servers: list[ModelServerProcess] = []
     try:
         for plan in plans:
-            options = ServerOptions(
-                models=config.models,
-                intra_op_threads=config.server_intra_op_threads or _threads(plan),
-                instance_count=config.server_instance_count,
-                env=plan.env,
-                cpus=plan.cpus,
-            )
-            servers.append(ModelServerProcess(options).start())
+            threads = options.intra_op_threads or _threads(plan)
+            narrowed = replace(options, env=plan.env, cpus=plan.cpus, intra_op_threads=threads)
+            servers.append(start(narrowed))
     except BaseException:
         for server in servers:
             server.cleanup()
