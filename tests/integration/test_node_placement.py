@@ -55,6 +55,7 @@ def test_an_arm64_task_waits_on_an_x86_fleet_and_runs_on_an_arm64_node(tmp_path:
     plain = _cli("submit", "anywhere", "--queue", queue, "--json", stdin="2\n")
     assert arm.returncode == 0, arm.stderr
     assert plain.returncode == 0, plain.stderr
+    assert json.loads(arm.stdout)["class"] == "cap-arch-arm64"
     arm_id, plain_id = json.loads(arm.stdout)["ids"][0], json.loads(plain.stdout)["ids"][0]
 
     _run_until_empty(tmp_path, queue, results, 'arch = "amd64"', "x86")

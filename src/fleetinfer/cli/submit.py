@@ -26,6 +26,7 @@ from fleetinfer.errors import InputError
 from fleetinfer.node.attributes import parse_requirements
 from fleetinfer.payloads import ids_from_content, ids_from_field, parse_jsonl
 from fleetinfer.queue import Broker, open_broker
+from fleetinfer.queue.classes import class_name
 from fleetinfer.task import check_task_name, resolve_target, send_tasks
 
 BATCH = 100
@@ -83,10 +84,13 @@ def submit(
             ids = _send_with_progress(
                 broker, name, payloads, task_ids, quiet=json_output, requires=required
             )
+        placed = class_name(required) if required else None
         if json_output:
-            print_json({"submitted": len(ids), "task": name, "queue": queue, "ids": ids})
+            report = {"submitted": len(ids), "task": name, "queue": queue, "ids": ids}
+            print_json({**report, "class": placed} if placed else report)
         else:
-            stdout.print(f"submitted {len(ids)} task(s) of {name!r} to {queue}")
+            where = f" (capability class {placed})" if placed else ""
+            stdout.print(f"submitted {len(ids)} task(s) of {name!r} to {queue}{where}")
 
 
 def task_name_for(target: str, task: str | None) -> str:
