@@ -78,6 +78,9 @@ class NodeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server_probe_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     server_probe_failures: Positive = 3
     verbose: bool = False
+    labels: dict[str, str] = msgspec.field(default_factory=dict)  # placement: arch, label.<name>
+    devices: Positive | None = None  # one model server per device (client = "shared")
+    device_kind: Literal["cpu", "cuda", "neuron"] = "cpu"
 
     def secrets(self) -> dict[str, str]:
         """The passwords the settings point to, by URL key (read now: a file or a variable)."""
@@ -217,6 +220,8 @@ def _typed(
         if key not in _FIELD_TYPES:
             errors.append(_unknown(where, SETTING_NAMES, "a node setting", key=key))
             continue
+        if key == "labels" and isinstance(value, str):  # FLEETINFER_LABELS=arch=arm64,label.x=y
+            value = dict(item.partition("=")[::2] for item in value.split(",") if item)
         try:
             values[key] = msgspec.convert(value, type=_FIELD_TYPES[key], strict=strict)
         except msgspec.ValidationError as exc:
@@ -354,5 +359,8 @@ def node_config(settings: NodeSettings) -> NodeConfig:
         server_probe_interval_s=settings.server_probe_interval_s,
         server_probe_timeout_s=settings.server_probe_timeout_s,
         server_probe_failures=settings.server_probe_failures,
+        labels=dict(settings.labels),
+        devices=settings.devices,
+        device_kind=settings.device_kind,
         progress=settings.log_format == "text",  # JSON logs are for machines: no live line
     )

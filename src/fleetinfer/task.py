@@ -120,9 +120,17 @@ class Task:
     fn: TaskFunction
     max_receives: int | None = None
     timeout_s: float | None = None
+    requires: dict[str, str] = field(default_factory=dict, hash=False)  # placement
 
     def __post_init__(self) -> None:
         check_task_name(self.name)
+        if self.requires:
+            from fleetinfer.node.attributes import check_requirements
+
+            try:
+                check_requirements(self.requires, what=f"task {self.name!r} requires")
+            except InputError as exc:
+                raise ConfigError(str(exc)) from exc
         if self.max_receives is not None and (
             isinstance(self.max_receives, bool) or self.max_receives < 1
         ):
@@ -170,6 +178,7 @@ class App:
         name: str | None = None,
         max_receives: int | None = None,
         timeout_s: float | None = None,
+        requires: dict[str, str] | None = None,
     ) -> Callable[[TaskFunction], Task]: ...
 
     def task(
@@ -179,11 +188,13 @@ class App:
         name: str | None = None,
         max_receives: int | None = None,
         timeout_s: float | None = None,
+        requires: dict[str, str] | None = None,
     ) -> Task | Callable[[TaskFunction], Task]:
-        """Register a function as a task: `@app.task` or `@app.task(name=..., ...)`."""
+        """Register a function as a task: `@app.task` or `@app.task(name=..., ...)`;
+        `requires={"arch": "arm64"}` sends it to the nodes that have those capabilities."""
 
         def register(f: TaskFunction) -> Task:
-            registered = Task(name or f.__name__, f, max_receives, timeout_s)
+            registered = Task(name or f.__name__, f, max_receives, timeout_s, dict(requires or {}))
             self.add(registered)
             return registered
 
@@ -329,14 +340,26 @@ def send_tasks(
     *,
     batch_size: int = 100,
     task_ids: Iterable[str] | None = None,
+    requires: dict[str, str] | None = None,
 ) -> list[str]:
     """Enqueue one task per payload, `batch_size` per round trip; returns the task ids.
+
+    With `requires` (capability key to value, e.g. `{"arch": "arm64"}`) the tasks go to the queue
+    of that capability class, next to `broker`'s queue, which only satisfying nodes consume
+    (`fleetinfer.queue.classes`); an unknown key or bad value is an `InputError`.
 
     Without `task_ids` each task gets a fresh random id. With them (one per payload) the id is
     the idempotency key end to end: it is the message's deduplication id, so a task still in
     the queue is not queued twice, and the worker does not run a task whose result succeeded.
     """
     check_task_name(task_name)
+    if requires:
+        from fleetinfer.queue.classes import open_class_broker
+
+        with open_class_broker(broker, requires) as class_broker:
+            return send_tasks(
+                class_broker, task_name, payloads, batch_size=batch_size, task_ids=task_ids
+            )
     if task_ids is None:
         envelopes: Iterable[Envelope] = (Envelope.new(task_name, p) for p in payloads)
     else:

@@ -54,6 +54,7 @@ def status(
             finally:
                 if store is not None:
                     store.close()
+            report["classes"] = class_report(broker)
         report["queue_url"] = queue
         if json_output:
             print_json(report)
@@ -71,6 +72,39 @@ def status_report(broker: Broker, store: ResultStore | None, *, sample_s: float)
         time.sleep(sample_s)
         report["rates_per_s"] = rates(first, snapshot(broker, store))
     return report
+
+
+def class_report(broker: Broker) -> list[dict[str, Any]]:
+    """Every capability class of the queue: its requirements, depths, and whether a running node
+    consumed it lately (`unserved`: tasks there wait for a node that satisfies them)."""
+    from fleetinfer.queue import open_broker
+    from fleetinfer.queue.classes import (
+        UNSERVED_AFTER_S,
+        class_queue_url,
+        class_requirements,
+        consumed_at,
+        list_classes,
+    )
+
+    names = list_classes(broker)
+    seen = consumed_at(broker, names)
+    rows = []
+    for name in names:
+        with open_broker(class_queue_url(broker.url, name)) as class_broker:
+            stats = class_broker.stats()
+        at = seen.get(name)
+        age_s = None if at is None else round(max(time.time() - at, 0.0), 1)
+        rows.append(
+            {
+                "class": name,
+                "requires": class_requirements(name),
+                **asdict(stats),
+                "pending": stats.pending,
+                "consumed_age_s": age_s,
+                "unserved": age_s is None or age_s > UNSERVED_AFTER_S,
+            }
+        )
+    return rows
 
 
 def snapshot(broker: Broker, store: ResultStore | None) -> Snapshot:
@@ -103,4 +137,17 @@ def _print_table(report: dict[str, Any]) -> None:
         table.add_row(f"results {key}", str(value))
     for key, value in report.get("rates_per_s", {}).items():
         table.add_row(f"{key} per s", f"{value:+.2f}")
+    stdout.print(table)
+    if report.get("classes"):
+        _print_classes(report["classes"])
+
+
+def _print_classes(classes: list[dict[str, Any]]) -> None:
+    table = Table(title="capability classes", show_header=True)
+    for column in ("class", "visible", "in flight", "delayed", "dead", "consumed"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in classes:
+        consumed = "no node" if row["unserved"] else f"{row['consumed_age_s']:.0f} s ago"
+        cells = [str(row[k]) for k in ("visible", "in_flight", "delayed", "dead")]
+        table.add_row(row["class"], *cells, consumed)
     stdout.print(table)

@@ -23,8 +23,10 @@ from fleetinfer.cli.common import (
 )
 from fleetinfer.cli.paths import add_working_directory_to_path
 from fleetinfer.errors import InputError
+from fleetinfer.node.attributes import parse_requirements
 from fleetinfer.payloads import ids_from_content, ids_from_field, parse_jsonl
 from fleetinfer.queue import Broker, open_broker
+from fleetinfer.queue.classes import class_name
 from fleetinfer.task import check_task_name, resolve_target, send_tasks
 
 BATCH = 100
@@ -59,6 +61,15 @@ def submit(
             "payload's canonical JSON.",
         ),
     ] = False,
+    requires: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--requires",
+            help="Run only on nodes with this capability, KEY=VALUE (repeatable; e.g. "
+            "arch=arm64, cpu.avx512_vnni=true, accelerator=cuda, label.pool=gold); default: "
+            "what the task declares with @app.task(requires=...).",
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Send one task per JSON line of FILE (or stdin) to the queue."""
@@ -66,14 +77,20 @@ def submit(
         if id_field is not None and id_from_payload:
             raise InputError("give --id-field or --id-from-payload, not both")
         name = task_name_for(target, task)
+        required = requirements_for(target, task, requires)
         payloads = read_payloads(source)
         task_ids = _task_ids(payloads, name, source, id_field, id_from_payload=id_from_payload)
         with open_broker(queue) as broker:
-            ids = _send_with_progress(broker, name, payloads, task_ids, quiet=json_output)
+            ids = _send_with_progress(
+                broker, name, payloads, task_ids, quiet=json_output, requires=required
+            )
+        placed = class_name(required) if required else None
         if json_output:
-            print_json({"submitted": len(ids), "task": name, "queue": queue, "ids": ids})
+            report = {"submitted": len(ids), "task": name, "queue": queue, "ids": ids}
+            print_json({**report, "class": placed} if placed else report)
         else:
-            stdout.print(f"submitted {len(ids)} task(s) of {name!r} to {queue}")
+            where = f" (capability class {placed})" if placed else ""
+            stdout.print(f"submitted {len(ids)} task(s) of {name!r} to {queue}{where}")
 
 
 def task_name_for(target: str, task: str | None) -> str:
@@ -88,6 +105,19 @@ def task_name_for(target: str, task: str | None) -> str:
     if task is not None:
         return resolved.app.get(task).name
     return resolved.task_name()
+
+
+def requirements_for(target: str, task: str | None, items: list[str] | None) -> dict[str, str]:
+    """`--requires` when given, else what the task named by `module:attr` declares."""
+    if items:
+        return parse_requirements(items)
+    if ":" not in target:
+        return {}
+    resolved = resolve_target(target)
+    declared = resolved.app.get(task) if task is not None else resolved.task
+    if declared is None:
+        declared = resolved.app.get(resolved.task_name())
+    return dict(declared.requires)
 
 
 def read_payloads(source: str) -> list[Any]:
@@ -114,7 +144,13 @@ def _task_ids(
 
 
 def _send_with_progress(
-    broker: Broker, name: str, payloads: list[Any], task_ids: list[str] | None, *, quiet: bool
+    broker: Broker,
+    name: str,
+    payloads: list[Any],
+    task_ids: list[str] | None,
+    *,
+    quiet: bool,
+    requires: dict[str, str],
 ) -> list[str]:
     sent: list[str] = []
     with Progress(transient=True, disable=quiet or len(payloads) < 10 * BATCH) as progress:
@@ -122,6 +158,8 @@ def _send_with_progress(
         for start in range(0, len(payloads), BATCH):
             chunk = payloads[start : start + BATCH]
             ids = None if task_ids is None else task_ids[start : start + BATCH]
-            sent += send_tasks(broker, name, chunk, batch_size=BATCH, task_ids=ids)
+            sent += send_tasks(
+                broker, name, chunk, batch_size=BATCH, task_ids=ids, requires=requires
+            )
             progress.advance(bar, len(chunk))
     return sent

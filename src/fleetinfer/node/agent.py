@@ -89,6 +89,9 @@ class NodeConfig:
     server_probe_interval_s: float = 2.0
     server_probe_timeout_s: float = 5.0
     server_probe_failures: int = 3  # failed probes in a row before the model server restarts
+    labels: dict[str, str] = field(default_factory=dict)  # placement: override node attributes
+    devices: int | None = None  # with a model server: one per device (node/placement.py)
+    device_kind: str = "cpu"
 
     def __post_init__(self) -> None:
         ModelDeadlines.parse(self.model_deadlines)  # a ConfigError now, not in every worker
@@ -143,7 +146,15 @@ class NodeConfig:
             backoff_max_s=self.task_backoff_max_s,
             nice=self.effective_worker_nice,
             log_format=self.log_format,
+            attributes=self.attributes,
         )
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        """What this node can run: detected attributes with `labels` over them (placement)."""
+        from fleetinfer.node.attributes import node_attributes
+
+        return node_attributes(self.labels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +219,7 @@ class NodeAgent:
         self._health: HealthServer | None = None
         self._spot: SpotWatcher | None = None
         self._server: ModelServerProcess | None = None
+        self._servers: list[ModelServerProcess] = []  # one per device (`devices`)
         self._broker: Broker | None = None
         self._empty_checks = 0
         self._started = False
@@ -246,8 +258,9 @@ class NodeAgent:
         """Fail before starting anything: the target imports, the client mode has what it
         needs, the models load, the queue and store answer (`preflight`)."""
         from fleetinfer.node import preflight
+        from fleetinfer.queue.placed import PlacedBroker
 
-        self._broker = preflight.check_node(self.config)
+        self._broker = PlacedBroker(preflight.check_node(self.config), self.config.attributes)
         self.metrics.watch_queue(self._broker)
 
     def _start_services(self) -> None:
@@ -283,10 +296,29 @@ class NodeAgent:
             probe_timeout_s=self.config.server_probe_timeout_s,
             probe_failures=self.config.server_probe_failures,
         )
-        self._server = server = ModelServerProcess(options, on_signal=self.drain.request).start()
-        server.start_probe()
+        if self.config.devices is not None:
+            self._start_device_servers(options)
+            return
+        self._server = server = self._start_server(options)
         self.supervisor.env[SOCKET_ENV] = str(self._server.socket_path)
         self.metrics.add_scrape(lambda: server.metrics_url)
+
+    def _start_server(self, options: ServerOptions) -> ModelServerProcess:
+        """One model server that tells the agent of its signals, probed from now on."""
+        server = ModelServerProcess(options, on_signal=self.drain.request).start()
+        server.start_probe()
+        return server
+
+    def _start_device_servers(self, options: ServerOptions) -> None:
+        """One model server per device, each pinned; workers spread over them (placement)."""
+        from fleetinfer.node.placement import device_plans, start_device_servers
+
+        assert self.config.devices is not None
+        plans = device_plans(self.config.device_kind, self.config.devices)
+        self._servers, env = start_device_servers(options, plans, self._start_server)
+        self.supervisor.env.update(env)
+        for server in self._servers:
+            self.metrics.add_scrape(lambda s=server: s.metrics_url)  # type: ignore[misc]
 
     def _start_workers(self) -> WorkerPlan:
         if self.config.workers is not None:
@@ -323,8 +355,9 @@ class NodeAgent:
     def _watch(self) -> None:
         while not self.drain.wait(self.config.poll_interval_s):
             self.supervisor.poll()
-            if self._server is not None:
-                self._server.poll()
+            for server in [self._server, *self._servers]:
+                if server is not None:
+                    server.poll()
             self.metrics.workers_alive.set(self.supervisor.alive())
             if self.supervisor.fatal is not None:
                 raise ConfigError(f"a worker cannot run: {self.supervisor.fatal}")
@@ -352,8 +385,9 @@ class NodeAgent:
         if not self.drain.is_set():
             self.drain.request("the agent failed", routine=True)  # its error is reported
             self.supervisor.stop(self.config.kill_after_s)
-        if self._server is not None:
-            self._server.cleanup()
+        for server in [self._server, *self._servers]:
+            if server is not None:
+                server.cleanup()
         if self._spot is not None:
             self._spot.stop()
         if self._health is not None:
@@ -378,13 +412,15 @@ class NodeAgent:
         node runs one) answered its last probe."""
         pids = self.supervisor.pids()
         draining = self.drain.is_set()
-        answering = self._server is None or self._server.answering
+        servers = [s for s in (self._server, *self._servers) if s is not None]
+        answering = all(server.answering for server in servers)
         status = "ok" if pids else "no workers"
         status = status if answering else "model server not answering"
         body = {
             "status": "draining" if draining else status,
             "model_server_answering": answering,
-            "model_server_pid": None if self._server is None else self._server.pid,
+            "model_server_pid": servers[0].pid if servers else None,
+            "model_server_pids": [server.pid for server in servers],
             "workers_alive": len(pids),
             "worker_pids": pids,
             "restarts": self.supervisor.restarts,

@@ -53,6 +53,9 @@ class ServerOptions:
     probe_timeout_s: float = 5.0
     probe_failures: int = 3  # failed probes in a row before the server is restarted
 
+    env: dict[str, str] | None = None  # added to the server's environment (device visibility)
+    cpus: frozenset[int] | None = None  # pin the server to these cores (one CPU "device")
+
     def __post_init__(self) -> None:
         if self.probe_failures < 1 or not self.probe_timeout_s > 0:
             raise ConfigError(
@@ -97,8 +100,14 @@ class ModelServerProcess:
         `ConfigError` carrying its error output."""
         with self.log_path.open("ab") as log_file, drain_signals_blocked():
             self.process = subprocess.Popen(
-                self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file
+                self.command(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                env=self._environment(),
             )
+        if self.options.cpus is not None:  # before it loads models: its threads inherit it
+            os.sched_setaffinity(self.process.pid, self.options.cpus)
         self._wait_ready(self.process)
         assert self.process.stdout is not None
         threading.Thread(
@@ -122,6 +131,9 @@ class ModelServerProcess:
     def answering(self) -> bool:
         """Whether the server answered its last probe (True while none has run)."""
         return self._probe is None or self._probe.failures == 0
+
+    def _environment(self) -> dict[str, str] | None:
+        return None if not self.options.env else {**os.environ, **self.options.env}
 
     def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
@@ -197,6 +209,7 @@ class ModelServerProcess:
         self.stop()
         self.socket_path.unlink(missing_ok=True)
         self.log_path.unlink(missing_ok=True)
+        (self._dir / "device-counter").unlink(missing_ok=True)  # node/placement.py's
         if self._dir.exists() and not any(self._dir.iterdir()):
             self._dir.rmdir()
 

@@ -50,8 +50,8 @@ from fleetinfer.errors import (
 )
 from fleetinfer.node.events import EventSink, MemoryEvents
 from fleetinfer.node.lease import Lease
+from fleetinfer.node.placement import open_node_queues, pick_device_socket
 from fleetinfer.payloads import payload_sha256
-from fleetinfer.queue import open_broker
 from fleetinfer.queue.base import MAX_DELAY_S, MAX_MESSAGE_BYTES, Broker, Message
 from fleetinfer.results import TaskResult, TaskStatus, open_store
 from fleetinfer.results.base import ResultStore
@@ -92,6 +92,7 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     name: str = ""
     log_format: str = "text"  # or "json" (fleetinfer.node.logs)
     nice: int = 0  # added to the worker process's niceness when it starts (0 to 19)
+    attributes: dict[str, str] | None = None  # placement: also read the classes these satisfy
 
     def encode(self) -> str:
         return msgspec.json.encode(self).decode("utf-8")
@@ -154,7 +155,9 @@ class Worker:
     ) -> None:
         self.config = config
         self.app = app if app is not None else resolve_target(config.target).app
-        self.broker = broker if broker is not None else open_broker(config.queue_url)
+        self.broker = (
+            broker if broker is not None else open_node_queues(config.queue_url, config.attributes)
+        )
         self.store = store if store is not None else open_store(config.results_url)
         self.events: EventSink = events if events is not None else MemoryEvents()
         self.name = config.name or f"{socket.gethostname()}:{os.getpid()}"
@@ -349,6 +352,7 @@ class Worker:
             repository=models,
             intra_op_threads=self.config.intra_op_threads,
             url=self.config.triton_url,
+            socket_path=pick_device_socket(),  # None: the node's one server ($FLEETINFER_SOCKET)
         )
 
     # -- store and settle --------------------------------------------------------------------
