@@ -34,6 +34,7 @@ from fleetinfer.errors import ConfigError
 
 if TYPE_CHECKING:
     from fleetinfer.node.agent import NodeConfig
+    from fleetinfer.registry.node import NodeRegistry
 
 CONFIG_FILE = "fleetinfer.toml"
 ENV_PREFIX = "FLEETINFER_"
@@ -74,6 +75,11 @@ class NodeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     worker_nice: Nice | None = None
     log_format: Literal["text", "json"] = "text"
     verbose: bool = False
+    registry: str | None = None  # file:///… or s3://bucket/prefix: what this node serves
+    registry_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    node_name: str | None = None  # default: the hostname
+    labels: str = ""  # "group=a,zone=x": attributes a group selector can match
+    attributes: str = ""  # overrides of detected ones: "instance_type=c7i.4xlarge,lifecycle=spot"
 
     def secrets(self) -> dict[str, str]:
         """The passwords the settings point to, by URL key (read now: a file or a variable)."""
@@ -347,4 +353,20 @@ def node_config(settings: NodeSettings) -> NodeConfig:
         worker_nice=settings.worker_nice,
         log_format=settings.log_format,
         progress=settings.log_format == "text",  # JSON logs are for machines: no live line
+        registry=_node_registry(settings),
+    )
+
+
+def _node_registry(settings: NodeSettings) -> NodeRegistry | None:
+    if settings.registry is None:
+        return None
+    from fleetinfer.registry.node import NodeRegistry, parse_pairs
+
+    named = {} if settings.node_name is None else {"node": settings.node_name}
+    return NodeRegistry(
+        url=settings.registry,
+        labels=parse_pairs(settings.labels, "node.labels"),
+        overrides=parse_pairs(settings.attributes, "node.attributes"),
+        interval_s=settings.registry_interval_s,
+        **named,
     )

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetinfer.errors import ConfigError, TransientError
 from fleetinfer.node.health import HealthServer
@@ -36,6 +36,9 @@ from fleetinfer.node.sizing import (
 from fleetinfer.node.supervisor import RestartPolicy, Supervisor
 from fleetinfer.node.worker import WorkerConfig
 from fleetinfer.queue.base import MAX_MESSAGE_BYTES, Broker
+
+if TYPE_CHECKING:
+    from fleetinfer.registry.node import NodeRegistry
 
 log = logging.getLogger("fleetinfer.node")
 
@@ -80,6 +83,7 @@ class NodeConfig:
     allow_dead_letters: bool = False  # with exit_when_empty: exit 0 even if tasks went dead
     log_format: str = "text"  # or "json": one object per line (fleetinfer.node.logs)
     progress: bool = False  # a live progress line on stderr when it is a terminal (`run`)
+    registry: NodeRegistry | None = None  # reconcile with a model registry (docs/rollout.md)
 
     def __post_init__(self) -> None:
         if self.worker_nice is not None and not 0 <= self.worker_nice <= 19:
@@ -196,6 +200,7 @@ class NodeAgent:
         self._spot: SpotWatcher | None = None
         self._server: ModelServerProcess | None = None
         self._broker: Broker | None = None
+        self._reconciler: Any = None  # fleetinfer.registry.reconcile.Reconciler
         self._empty_checks = 0
         self.progress = ProgressLine(wanted=config.progress)  # on a terminal only
 
@@ -237,6 +242,7 @@ class NodeAgent:
                 health=self.health,
             ).start()
         self._start_model_server()
+        self._start_reconcile()
         if self.config.spot_endpoint is not None:
             self._spot = SpotWatcher(
                 self.drain,
@@ -256,6 +262,15 @@ class NodeAgent:
         self._server = server = ModelServerProcess(options).start()
         self.supervisor.env[SOCKET_ENV] = str(self._server.socket_path)
         self.metrics.add_scrape(lambda: server.metrics_url)
+
+    def _start_reconcile(self) -> None:
+        from fleetinfer.registry.node import start_reconcile
+
+        server = self._server
+        socket_path, url = (server.socket_path, server.metrics_url) if server else (None, None)
+        self._reconciler = start_reconcile(
+            self.config.registry, self.config.models, socket_path, url
+        )
 
     def _start_workers(self) -> WorkerPlan:
         if self.config.workers is not None:
@@ -321,6 +336,8 @@ class NodeAgent:
         if not self.drain.is_set():
             self.drain.request("the agent failed", routine=True)  # its error is reported
             self.supervisor.stop(self.config.kill_after_s)
+        if self._reconciler is not None:
+            self._reconciler.stop()
         if self._server is not None:
             self._server.cleanup()
         if self._spot is not None:
