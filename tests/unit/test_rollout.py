@@ -258,3 +258,10 @@ def test_a_pinned_config_serves_one_version_with_its_sha256() -> None:
     assert "latest" not in pinned
     assert "versions = [4]" in pinned
     assert '"aa"' not in pinned
+
+
+def test_a_relative_gate_compares_with_the_baseline_and_holds_without_one() -> None:
+    gate = Gate.parse("latency_p95<=1.2x")
+    assert gate.check(11.0, 10.0) == (True, pytest.approx(12.0))
+    assert gate.check(13.0, 10.0)[0] is False
+    assert gate.check(13.0, None) == (True, 0.0)

@@ -45,7 +45,11 @@ class Gate(msgspec.Struct, frozen=True):
         return f"{self.metric}{self.op}{self.value:g}{'x' if self.relative else ''}"
 
     def check(self, value: float, baseline: float | None) -> tuple[bool, float]:
-        """(holds, the bound it was held to)."""
+        """(holds, the bound it was held to). A relative gate without a baseline (no other node
+        served traffic) holds: there is nothing to compare with, and the decision says so
+        (its `baseline_…` number is 0)."""
+        if self.relative and not baseline:
+            return True, 0.0
         bound = self.value * baseline if self.relative and baseline is not None else self.value
         holds = value <= bound + 1e-12 if self.op == "<=" else value >= bound - 1e-12
         return holds, bound
