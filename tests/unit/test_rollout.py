@@ -265,3 +265,13 @@ def test_a_relative_gate_compares_with_the_baseline_and_holds_without_one() -> N
     assert gate.check(11.0, 10.0) == (True, pytest.approx(12.0))
     assert gate.check(13.0, 10.0)[0] is False
     assert gate.check(13.0, None) == (True, 0.0)
+
+
+def test_a_registry_object_that_does_not_decode_leaves_the_node_serving(
+    fleet: Registry, tmp_path: Path
+) -> None:
+    node = Reconciler(fleet, {"node": "n1", **X86}, tmp_path / "models", lambda m: [])
+    assert node.step()
+    fleet.write("desired/m.json", b"{not json")
+    assert node.step() is False
+    assert node.served == {"m": 1}

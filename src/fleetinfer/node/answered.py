@@ -4,7 +4,7 @@ The first `ctx.model(name)` of a task reads the versions the client's server has
 of the task reads them again. A call resolves to the newest loaded version, so the newest before
 and the newest after name what answered; a hot swap between them (a rollout reaching this node
 mid-task) shows as both, `cdnet@1|2`. The shared server answers `versions` over its socket, the
-in-process client from its session; Triton reports nothing here.
+in-process client from its session; with Triton the row names the model alone.
 """
 
 from __future__ import annotations
@@ -45,5 +45,5 @@ class AnsweredBy:
         parts = []
         for name, before in sorted(self._before.items()):
             seen = sorted(set(before[-1:]) | set(self._versions(name)[-1:]))
-            parts.append(f"{name}@{'|'.join(str(v) for v in seen)}")
+            parts.append(f"{name}@{'|'.join(str(v) for v in seen)}" if seen else name)
         return ",".join(parts)

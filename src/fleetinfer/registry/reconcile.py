@@ -146,6 +146,9 @@ class Reconciler:
         except TransientError as exc:
             log.warning("registry unreachable, still serving %s: %s", self.served, exc)
             return False
+        except FleetinferError as exc:  # a registry object that does not decode, a bad selector
+            log.error("reconcile failed, still serving %s: %s", self.served, exc)
+            return False
         return True
 
     def status(self) -> NodeStatus:
@@ -164,6 +167,7 @@ class Reconciler:
         if version is None:
             return
         self.wanted[model] = version
+        self._refused = {(m, v) for m, v in self._refused if m != model or v == version}
         if self.served.get(model) == version or (model, version) in self._refused:
             return
         try:
