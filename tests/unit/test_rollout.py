@@ -275,3 +275,16 @@ def test_a_registry_object_that_does_not_decode_leaves_the_node_serving(
     fleet.write("desired/m.json", b"{not json")
     assert node.step() is False
     assert node.served == {"m": 1}
+
+
+def test_a_node_keeps_its_version_when_the_desired_one_has_no_build_for_it(
+    fleet: Registry, tmp_path: Path
+) -> None:
+    node = Reconciler(fleet, {"node": "n1", **X86}, tmp_path / "models", lambda m: [])
+    node.step()
+    _build(fleet, 5, target="cpu-arm64")
+    fleet.set_desired("m", Desired([Rule("*", 1), Rule("arch=x86_64", 5)]))
+    node.step()
+    assert node.served == {"m": 1}
+    assert "no build for this node" in node.errors["m"]
+    assert "cpu-arm64" in node.errors["m"]
