@@ -24,11 +24,7 @@ from tests.helpers.fleet import cdnet_repository
 
 TASKS = 2000
 GROUPS = {"n1": "a", "n2": "a", "n3": "b"}
-GATES = [
-    "error_rate<=0.01",
-    "latency_p95<=5x",
-    "quality>=0.97",
-]  # latency: a loose bound, shared CI
+GATES = ["error_rate<=0.01", "latency_p95<=10x", "quality>=0.97"]  # latency: loose (shared CI)
 
 
 def _quality(registry: Registry, model: str, version: int, baseline: int) -> tuple[float, float]:
