@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Annotated
 import msgspec
 import typer
 
-from fleetinfer.cli.common import JsonOption, exit_on_error, print_json, stdout
+from fleetinfer.cli.common import JsonOption, exit_on_error, print_json, stderr, stdout
 from fleetinfer.cli.registry import DEFAULT_REGISTRY, RegistryOption, open_registry
-from fleetinfer.errors import RolloutError
+from fleetinfer.errors import RolloutError, TransientError
 
 if TYPE_CHECKING:
     from fleetinfer.registry.rollout import Rollout
@@ -149,7 +149,12 @@ def watch(
     with exit_on_error():
         reg = open_registry(registry)
         while True:
-            state = rollout.advance(reg, model, quality)
+            try:
+                state = rollout.advance(reg, model, quality)
+            except TransientError as exc:  # the registry is away: the rollout waits where it is
+                stderr.print(f"registry unreachable, retrying: {exc}", markup=False)
+                time.sleep(interval)
+                continue
             if state is None or not state.active:
                 break
             time.sleep(interval)
