@@ -34,6 +34,7 @@ from fleetinfer.errors import ConfigError
 
 if TYPE_CHECKING:
     from fleetinfer.node.agent import NodeConfig
+    from fleetinfer.registry.node import NodeRegistry
 
 CONFIG_FILE = "fleetinfer.toml"
 ENV_PREFIX = "FLEETINFER_"
@@ -81,6 +82,10 @@ class NodeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     labels: dict[str, str] = msgspec.field(default_factory=dict)  # placement: arch, label.<name>
     devices: Positive | None = None  # one model server per device (client = "shared")
     device_kind: Literal["cpu", "cuda", "neuron"] = "cpu"
+    registry: str | None = None  # file:///… or s3://bucket/prefix: what this node serves
+    registry_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    node_name: str | None = None  # default: the hostname
+    attributes: str = ""  # overrides of detected ones: "instance_type=c7i.4xlarge,lifecycle=spot"
 
     def secrets(self) -> dict[str, str]:
         """The passwords the settings point to, by URL key (read now: a file or a variable)."""
@@ -363,4 +368,24 @@ def node_config(settings: NodeSettings) -> NodeConfig:
         devices=settings.devices,
         device_kind=settings.device_kind,
         progress=settings.log_format == "text",  # JSON logs are for machines: no live line
+        registry=_node_registry(settings),
+    )
+
+
+def _node_registry(settings: NodeSettings) -> NodeRegistry | None:
+    if settings.registry is None:
+        return None
+    from fleetinfer.registry.node import NodeRegistry, parse_pairs
+
+    named = {} if settings.node_name is None else {"node": settings.node_name}
+    free = {
+        k.removeprefix("label."): v for k, v in settings.labels.items() if k.startswith("label.")
+    }
+    fixed = {k: v for k, v in settings.labels.items() if not k.startswith("label.")}
+    return NodeRegistry(
+        url=settings.registry,
+        labels=free,  # `label.group = "a"` is matched by the selector `group=a`
+        overrides={**fixed, **parse_pairs(settings.attributes, "node.attributes")},
+        interval_s=settings.registry_interval_s,
+        **named,
     )

@@ -15,12 +15,14 @@ FleetinferError
 │   ├── UnknownModelError       no such model or version in the repository
 │   │   └── ModelNotServedError a task asked for a model this node does not serve
 │   ├── InvalidInputError       wrong tensor name, dtype, shape or batch size
-│   └── CalibrationError        calibration or evaluation inputs do not fit the model
+│   ├── CalibrationError        calibration or evaluation inputs do not fit the model
+│   └── RolloutError            a rollout command that cannot apply (no node matches, one running)
 ├── TransientError              retry later; the condition is expected to pass
 │   ├── BrokerUnavailableError  the queue backend cannot be reached
 │   ├── StoreUnavailableError   the results store cannot be reached
 │   ├── ServerUnavailableError  the model server cannot be reached
-│   └── ModelDeadlineError      a model call got no reply within its deadline (server hung)
+│   ├── ModelDeadlineError      a model call got no reply within its deadline (server hung)
+│   └── RegistryUnavailableError the model registry (folder, S3) cannot be reached
 ├── QueueError                  a queue operation was refused by its semantics
 │   └── ReceiptExpiredError     ack / release / extend on a receipt that is no longer valid
 ├── InferenceError              the model ran and failed (execution error inside the runtime)
@@ -119,6 +121,10 @@ class ModelDeadlineError(TransientError):
     that stops answering its probes."""
 
 
+class RegistryUnavailableError(TransientError):
+    """The model registry could not be reached; nodes keep serving what they have."""
+
+
 class QueueError(FleetinferError):
     """A queue operation was refused by the queue's semantics."""
 
@@ -154,6 +160,10 @@ class InfeasiblePlanError(ConfigError):
 
 class CalibrationError(InputError):
     """Calibration or evaluation inputs are empty or do not match the model's inputs."""
+
+
+class RolloutError(InputError):
+    """A rollout command that cannot apply: no node matches, another rollout runs, bad gate."""
 
 
 class ArtifactLoadError(FleetinferError):

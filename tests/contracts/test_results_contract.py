@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +227,16 @@ def test_a_table_made_before_payloads_were_kept_is_migrated_and_keeps_its_rows(
     with open_store(store_url) as store:
         old = store.get("old-1")
         assert old is not None
-        assert (old.value, old.payload, old.payload_sha256) == ([1], None, None)
+        assert (old.value, old.payload, old.payload_sha256, old.models) == ([1], None, None, "")
         store.put(result("new-1", payload={"n": 1}))
         new = store.get("new-1")
         assert new is not None
         assert new.payload == {"n": 1}
+
+
+def test_a_result_keeps_the_model_versions_that_answered_it(store_url: str) -> None:
+    with open_store(store_url) as store:
+        store.put(replace(result("t-models"), models="cdnet@2,cdnet-l@1"))
+        got = store.get("t-models")
+        assert got is not None
+        assert got.models == "cdnet@2,cdnet-l@1"

@@ -37,4 +37,5 @@ def test_tasks_call_a_model_of_the_repository_given_with_models(
             assert result is not None, node.log()
             assert result.status is TaskStatus.SUCCEEDED
             assert result.value == {"y": [3.0 * v + 1.0 for v in row]}
+            assert result.models == "affine@1"  # the version that answered its calls
     assert set(Path(tempfile.gettempdir()).glob("fleetinfer-node-*")) <= node_dirs_before

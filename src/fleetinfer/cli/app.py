@@ -14,6 +14,8 @@ fleetinfer demo                                (the main job on the embedded def
 fleetinfer bench APP:TASK --models REPO --payloads FILE   (serving modes side by side)
 fleetinfer plan --profile BENCH.json --backlog N --deadline 6h   (instance mix; simulate, catalog)
 fleetinfer deploy render kubernetes|ecs --config fleetinfer.toml --out DIR   (the fleet's objects)
+fleetinfer registry push|list|show|nodes|desire   (the model registry: file:// or s3://)
+fleetinfer rollout start|status|promote|abort|rollback|watch MODEL   (staged rollout with gates)
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from fleetinfer.cli.deploy import deploy_app
 from fleetinfer.cli.dlq import dlq_app
 from fleetinfer.cli.model import model_app
 from fleetinfer.cli.plan import catalog_app, plan, simulate
+from fleetinfer.cli.registry import registry_app
 from fleetinfer.cli.results import results_app
+from fleetinfer.cli.rollout import rollout_app
 from fleetinfer.cli.run import run
 from fleetinfer.cli.serve import serve_command
 from fleetinfer.cli.status import status
@@ -59,6 +63,8 @@ app.command("plan")(plan)
 app.command("simulate")(simulate)
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(deploy_app, name="deploy")
+app.add_typer(registry_app, name="registry")
+app.add_typer(rollout_app, name="rollout")
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetinfer.deadlines import DEADLINE_ENV, ModelDeadlines
 from fleetinfer.errors import ConfigError, TransientError
@@ -41,6 +41,9 @@ from fleetinfer.node.sizing import (
 from fleetinfer.node.supervisor import RestartPolicy, Supervisor
 from fleetinfer.node.worker import WorkerConfig
 from fleetinfer.queue.base import MAX_MESSAGE_BYTES, Broker
+
+if TYPE_CHECKING:
+    from fleetinfer.registry.node import NodeRegistry
 
 log = logging.getLogger("fleetinfer.node")
 
@@ -92,6 +95,7 @@ class NodeConfig:
     labels: dict[str, str] = field(default_factory=dict)  # placement: override node attributes
     devices: int | None = None  # with a model server: one per device (node/placement.py)
     device_kind: str = "cpu"
+    registry: NodeRegistry | None = None  # reconcile with a model registry (docs/rollout.md)
 
     def __post_init__(self) -> None:
         ModelDeadlines.parse(self.model_deadlines)  # a ConfigError now, not in every worker
@@ -221,6 +225,7 @@ class NodeAgent:
         self._server: ModelServerProcess | None = None
         self._servers: list[ModelServerProcess] = []  # one per device (`devices`)
         self._broker: Broker | None = None
+        self._reconciler: Any = None  # fleetinfer.registry.reconcile.Reconciler
         self._empty_checks = 0
         self._started = False
         self.progress = ProgressLine(wanted=config.progress)  # on a terminal only
@@ -277,6 +282,7 @@ class NodeAgent:
                 ready=self.readiness,
             ).start()
         self._start_model_server()
+        self._start_reconcile()
         if self.config.spot_endpoint is not None:
             self._spot = SpotWatcher(
                 self.drain,
@@ -319,6 +325,15 @@ class NodeAgent:
         self.supervisor.env.update(env)
         for server in self._servers:
             self.metrics.add_scrape(lambda s=server: s.metrics_url)  # type: ignore[misc]
+
+    def _start_reconcile(self) -> None:
+        from fleetinfer.registry.node import start_reconcile
+
+        server = self._server
+        socket_path, url = (server.socket_path, server.metrics_url) if server else (None, None)
+        self._reconciler = start_reconcile(
+            self.config.registry, self.config.models, socket_path, url
+        )
 
     def _start_workers(self) -> WorkerPlan:
         if self.config.workers is not None:
@@ -385,6 +400,8 @@ class NodeAgent:
         if not self.drain.is_set():
             self.drain.request("the agent failed", routine=True)  # its error is reported
             self.supervisor.stop(self.config.kill_after_s)
+        if self._reconciler is not None:
+            self._reconciler.stop()
         for server in [self._server, *self._servers]:
             if server is not None:
                 server.cleanup()

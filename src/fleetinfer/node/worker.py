@@ -48,6 +48,7 @@ from fleetinfer.errors import (
     TransientError,
     UnknownModelError,
 )
+from fleetinfer.node.answered import AnsweredBy, loaded_versions
 from fleetinfer.node.events import EventSink, MemoryEvents
 from fleetinfer.node.lease import Lease
 from fleetinfer.node.placement import open_node_queues, pick_device_socket
@@ -128,6 +129,7 @@ class Attempt:
     error: Exception | None
     started_at: float
     finished_at: float
+    models: str = ""  # what answered its model calls (`fleetinfer.node.answered`)
 
 
 def backoff_s(receive_count: int, *, base_s: float, max_s: float) -> float:
@@ -312,13 +314,14 @@ class Worker:
     # -- run ---------------------------------------------------------------------------------
 
     def _run(self, lease: Lease, envelope: Envelope, task: Task) -> Attempt:
+        answered = AnsweredBy(lambda name: loaded_versions(self._client, name))
         ctx = TaskContext(
             task_id=envelope.id,
             task_name=task.name,
             receive_count=lease.message.receive_count,
             logger=logging.getLogger(f"fleetinfer.task.{task.name}"),
             _heartbeat=lease.extend,
-            _models=self._model,
+            _models=lambda name: self._model(name, answered),
         )
         started_at = time.time()
         try:
@@ -326,15 +329,18 @@ class Worker:
                 value = task(ctx, envelope.payload)
             _check_json(task, value)
         except Exception as exc:
-            return Attempt(None, exc, started_at, time.time())
-        return Attempt(value, None, started_at, time.time())
+            return Attempt(None, exc, started_at, time.time(), answered.models())
+        return Attempt(value, None, started_at, time.time(), answered.models())
 
-    def _model(self, name: str) -> ModelHandle:
+    def _model(self, name: str, answered: AnsweredBy | None = None) -> ModelHandle:
         with self._client_lock:
             if self._client is None:
                 self._client = self._open_client()
         try:
-            return self._client.model(name)
+            handle = self._client.model(name)
+            if answered is not None:
+                answered.first_use(name)
+            return handle
         except UnknownModelError as exc:  # another node may serve it
             raise ModelNotServedError(f"this node does not serve model {name!r}: {exc}") from exc
 
@@ -437,6 +443,7 @@ class Worker:
             finished_at=attempt.finished_at,
             payload=envelope.payload,
             payload_sha256=payload_sha256(envelope.payload),
+            models=attempt.models,
         )
         if not self.store.put(result):
             log.info("task %s already had a result; the first one stays", envelope.id)

@@ -42,6 +42,7 @@ class TaskResult:
     finished_at: float = 0.0
     payload: Any = None
     payload_sha256: str | None = None
+    models: str = ""  # what answered its model calls: "cdnet@2" (comma-joined; "@1|2": a swap)
 
     @property
     def duration_s(self) -> float:

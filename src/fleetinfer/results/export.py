@@ -35,6 +35,7 @@ FIELDS = (
     "duration_s",
     "payload",
     "payload_sha256",
+    "models",
 )
 PARQUET_BATCH = 10_000
 
@@ -54,6 +55,7 @@ def result_record(result: TaskResult) -> dict[str, Any]:
         "duration_s": result.duration_s,
         "payload": result.payload,
         "payload_sha256": result.payload_sha256,
+        "models": result.models,
     }
 
 
@@ -152,6 +154,7 @@ def _write_parquet(results: Iterable[TaskResult], file: IO[Any]) -> int:
             ("duration_s", pa.float64()),
             ("payload", pa.string()),
             ("payload_sha256", pa.string()),
+            ("models", pa.string()),
         ]
     )
     rows = 0

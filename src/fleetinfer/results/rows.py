@@ -124,6 +124,7 @@ def result_from_row(row: tuple[Any, ...], value: Any, payload: Any) -> TaskResul
         finished_at=row[8],
         payload=payload,
         payload_sha256=row[10],
+        models=row[11] or "",
     )
 
 
@@ -146,6 +147,7 @@ UPDATABLE_COLUMNS = (
     "finished_at",
     "payload",
     "payload_sha256",
+    "models",
 )
 COLUMNS = ", ".join(("task_id", *UPDATABLE_COLUMNS))
 """The stored columns, in the order `result_row` gives and `result_from_row` reads."""
@@ -177,6 +179,7 @@ def result_row(result: TaskResult, *, keep_payload: bool = True) -> tuple[Any, .
         result.finished_at,
         payload_text,
         digest,
+        result.models,
     )
 
 

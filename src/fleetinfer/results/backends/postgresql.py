@@ -130,7 +130,7 @@ class PostgresResultStore(ResultStore):
             cur = conn.execute(
                 self._sql(
                     f"INSERT INTO {{table}} ({COLUMNS}) "
-                    "VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s::jsonb, %s) "
+                    "VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s::jsonb, %s, %s) "
                     + upsert_clause("{table}")
                 ),
                 row,

@@ -12,9 +12,11 @@ CREATE TABLE IF NOT EXISTS {table} (
     finished_at DOUBLE PRECISION NOT NULL,
     stored_at   TIMESTAMPTZ      NOT NULL DEFAULT now(),
     payload     JSONB,           -- NULL when the store keeps only the payload's hash
-    payload_sha256 TEXT          -- sha256 of the payload's canonical JSON
+    payload_sha256 TEXT,         -- sha256 of the payload's canonical JSON
+    models      TEXT             -- the model versions that answered its calls: "cdnet@2"
 );
 -- Migration of a table made before payloads were kept.
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS payload JSONB;
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS payload_sha256 TEXT;
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS models TEXT;
 CREATE INDEX IF NOT EXISTS {index} ON {table} (status);

@@ -64,7 +64,7 @@ def _add_payload_columns(conn: sqlite3.Connection, table: str) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         columns = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
-        for column in ("payload", "payload_sha256"):
+        for column in ("payload", "payload_sha256", "models"):
             if column not in columns:
                 conn.execute(f'ALTER TABLE "{table}" ADD COLUMN {column} TEXT')
     except BaseException:
@@ -148,7 +148,7 @@ class SqliteResultStore(ResultStore):
         with self._db() as conn:
             cur = conn.execute(
                 f'INSERT INTO "{self.table}" ({COLUMNS}, stored_at) '
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?) " + upsert_clause(f'"{self.table}"'),
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) " + upsert_clause(f'"{self.table}"'),
                 row,
             )
         return cur.rowcount == 1

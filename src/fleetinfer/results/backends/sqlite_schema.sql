@@ -13,6 +13,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     finished_at REAL    NOT NULL,
     stored_at   REAL    NOT NULL,
     payload     TEXT,   -- the payload as JSON text; NULL when the store keeps only its hash
-    payload_sha256 TEXT -- sha256 of the payload's canonical JSON
+    payload_sha256 TEXT, -- sha256 of the payload's canonical JSON
+    models      TEXT    -- the model versions that answered its calls: "cdnet@2"
 );
 CREATE INDEX IF NOT EXISTS {index} ON {table} (status);
