@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from fleetinfer.cli.common import ExitCode
 from fleetinfer.queue import open_broker
 from fleetinfer.results import TaskStatus, open_store
 from fleetinfer.task import send_tasks
@@ -51,7 +52,7 @@ def test_hostile_messages_are_dead_lettered_on_their_first_receive(tmp_path: Pat
             "--exit-when-empty", log_path=tmp_path / "node.log",
         )  # fmt: skip
         try:
-            assert node.wait(60) == 0, node.log()
+            assert node.wait(60) == ExitCode.DEAD_LETTERS, node.log()  # dead-lettered: 8
         finally:
             node.close()
         stopped = node.event("stopped")
