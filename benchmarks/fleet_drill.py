@@ -1,7 +1,8 @@
 """Fleet drill on this machine: three `fleetinfer run` nodes, each its own process group, socket
 folder and (as root) IPC namespace and /dev/shm, on one queue with PostgreSQL results.
 
-1. Kill and spot, on Redis and on SQS (a moto server): 3,000 model-calling tasks; node1 is
+1. Kill and spot, on Redis and on SQS (a moto server): 3,000 model-calling tasks (300 on SQS:
+   through moto one receive and delete cost ~50-100 ms of Python here); node1 is
    SIGKILLed whole at a fifth of them and a replacement starts, node2 gets a spot notice from a
    local instance-metadata stub at two fifths and drains. Reported: tasks, results, duplicates,
    lost, the tasks the killed node had in flight that ran again, the seconds from the kill until
@@ -86,10 +87,10 @@ def queue_url(backend: str, endpoint: str) -> str:
     return f"sqs://{name}?region=us-east-1&endpoint_url={endpoint}&{VISIBILITY}"
 
 
-def kill_and_spot(backend: str, endpoint: str) -> dict[str, Any]:
+def kill_and_spot(backend: str, endpoint: str, tasks: int) -> dict[str, Any]:
     url = queue_url(backend, endpoint)
     with isolated(url) as results, tempfile.TemporaryDirectory() as root:
-        report = kill_and_spot_drill(url, results, Path(root))
+        report = kill_and_spot_drill(url, results, Path(root), tasks=tasks)
     report.pop("shm_segments_per_node")
     return report
 
@@ -111,6 +112,8 @@ def autoscaled() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="redis,sqs")
+    parser.add_argument("--tasks", type=int, default=3000, help="tasks on Redis")
+    parser.add_argument("--sqs-tasks", type=int, default=300, help="tasks on SQS (moto is slow)")
     parser.add_argument("--no-autoscale", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -118,7 +121,8 @@ def main() -> None:
     out: dict[str, Any] = {"cores": os.cpu_count(), "private_shm": shm_namespaces_work()}
     with moto_server() as endpoint:
         for backend in args.backends.split(","):
-            out[f"kill_and_spot_{backend}"] = kill_and_spot(backend, endpoint)
+            tasks = args.sqs_tasks if backend == "sqs" else args.tasks
+            out[f"kill_and_spot_{backend}"] = kill_and_spot(backend, endpoint, tasks)
     if not args.no_autoscale:
         out["autoscaled_redis"] = autoscaled()
     print(json.dumps(out, indent=2))

@@ -88,7 +88,6 @@ class FleetNode(NodeProcess):
 
     def task_records(self) -> list[dict[str, Any]]:
         """The node's log records of settled tasks (`--verbose --log-format json`)."""
-        self._log.flush()
         lines = self.log_path.read_text(errors="replace").splitlines()
         records = [json.loads(line) for line in lines if line.startswith("{")]
         return [r for r in records if "task_id" in r and "outcome" in r]
@@ -252,6 +251,12 @@ def rerun_after_kill_s(
     return len(again), max((at - killed_at for at in again.values()), default=float("nan"))
 
 
+def acked_as_duplicate(fleet: LocalFleet) -> dict[str, int]:
+    """Deliveries of a task that already had its result: acked without running it again."""
+    records = [r for n in fleet.running + fleet.stopped for r in n.task_records()]
+    return {"acked_as_duplicate": sum(r["outcome"] == "duplicate" for r in records)}
+
+
 def wait_until_done(queue_url: str, results_url: str, count: int, timeout_s: float) -> None:
     with open_store(results_url) as store, open_broker(queue_url) as broker:
         wait_for(lambda: store.count() >= count, timeout_s, f"{count} results", pause_s=0.2)
@@ -279,7 +284,7 @@ def kill_and_spot_drill(
     finally:
         fleet.close()
         spot.close()
-    return check_results(results_url, task_ids, queue_url) | report
+    return check_results(results_url, task_ids, queue_url) | acked_as_duplicate(fleet) | report
 
 
 def _kill_then_spot(
@@ -365,11 +370,12 @@ def autoscaled_drill(
                 assert time.monotonic() < deadline, f"not done after 180 s: {broker.stats()}"
                 time.sleep(every_s)
                 decision = scaler.step()
-                followed.append((decision.desired, fleet.size()))
+                alive = sum(node.proc.poll() is None for node in fleet.running)
+                followed.append((decision.desired, alive))
         wait_until_done(queue_url, results_url, tasks, 60)
         exit_codes = _drain_all(fleet)
     finally:
         fleet.close()
-    report = check_results(results_url, task_ids, queue_url)
+    report = check_results(results_url, task_ids, queue_url) | acked_as_duplicate(fleet)
     report |= {"followed": followed, "exit_codes": exit_codes, "nodes_started": len(fleet.stopped)}
     return report, scaler.decisions
