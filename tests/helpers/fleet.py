@@ -17,9 +17,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -58,12 +60,14 @@ class FleetNode(NodeProcess):
 
     def __init__(self, name: str, node_args: Sequence[str], root: Path) -> None:
         folder = root / name
-        (folder / "tmp").mkdir(parents=True)
+        folder.mkdir(parents=True)
+        # short: the socket path inside must stay under AF_UNIX's 108 bytes, wherever root is
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"fi-{name}-"))
         command = [sys.executable, "-m", "fleetinfer", "run", *node_args]
         command += ["--json", "--metrics-port", "0"]
         if shm_namespaces_work():
             command = ["unshare", "--ipc", "--mount", "sh", "-c", PRIVATE_SHM, name, *command]
-        env = _env() | {"TMPDIR": str(folder / "tmp")}
+        env = _env() | {"TMPDIR": str(self.tmp)}
         self.name, self.log_path = name, folder / "node.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -97,6 +101,7 @@ class FleetNode(NodeProcess):
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         super().close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class LocalFleet:
@@ -127,6 +132,15 @@ class LocalFleet:
 
     def size(self) -> int:
         return len(self.running)
+
+    def check_alive(self) -> None:
+        """AssertionError with the logs when a node that should run has exited."""
+        dead = [n for n in self.running if n.proc.poll() is not None]
+        if dead:
+            raise AssertionError(f"nodes exited: {[n.name for n in dead]}\n{self.logs()}")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n.name}:\n{n.log()[-1500:]}" for n in self.running + self.stopped)
 
     def scale_to(self, nodes: int) -> None:
         while len(self.running) < nodes:
@@ -329,12 +343,16 @@ def _kill_then_spot(
 
 
 def _wait(fleet: LocalFleet, condition: Callable[[], bool], what: str) -> None:
-    """`wait_for` that shows every node's log tail when it times out."""
+    """`wait_for` that fails at once when a node dies, and shows the logs when it times out."""
+
+    def done() -> bool:
+        fleet.check_alive()
+        return condition()
+
     try:
-        wait_for(condition, 120, what, pause_s=0.1)
+        wait_for(done, 120, what, pause_s=0.1)
     except AssertionError as exc:
-        logs = "\n".join(f"--- {n.name}:\n{n.log()[-1500:]}" for n in fleet.running + fleet.stopped)
-        raise AssertionError(f"{exc}\n{logs}") from None
+        raise AssertionError(f"{exc}\n{fleet.logs()}") from None
 
 
 def _succeeded(node: FleetNode) -> int:
@@ -368,6 +386,7 @@ def autoscaled_drill(
             deadline = time.monotonic() + 180
             while not (store.count() >= tasks and fleet.size() == policy.floor_nodes):
                 assert time.monotonic() < deadline, f"not done after 180 s: {broker.stats()}"
+                fleet.check_alive()
                 time.sleep(every_s)
                 decision = scaler.step()
                 alive = sum(node.proc.poll() is None for node in fleet.running)

@@ -49,7 +49,7 @@ def assert_every_task_succeeded_once(report: dict[str, object], tasks: int) -> N
     assert report["dead_letters"] == 0, report
 
 
-def test_a_vanished_node_and_a_spot_notice_lose_no_task_and_run_none_twice(
+def test_a_vanished_node_and_a_spot_notice_lose_no_task_and_store_no_result_twice(
     queue: tuple[str, int], results_url: str, tmp_path: Path
 ) -> None:
     queue_url, tasks = queue
