@@ -1,4 +1,8 @@
-"""The container image, built and run as a deployment runs it: `fleetinfer serve` in one
+"""The container image, built and run as a deployment runs it. Its final stage runs as an
+unprivileged user, holds no compiler, and no layer keeps a certificate that only the build host's CA
+bundle holds (pip read that bundle as a BuildKit secret).
+
+Then `fleetinfer serve` in one
 container, `fleetinfer run --client shared` in another that shares its socket volume and its
 /dev/shm (`--ipc=container:SERVER`), tasks from a SQLite queue on a shared folder, each result
 exact. A node container missing either shared volume stops at start with one line, exit 3.
@@ -12,8 +16,10 @@ fails them."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +40,7 @@ IMAGE = "fleetinfer:e2e"
 TASKS = 6
 BUILD_TIMEOUT_S = 1800  # cold: debootstrap and pip; warm: seconds
 RUN_TIMEOUT_S = 120
-TASK_MODULE = '''
+TASK_MODULE = """
 from typing import Any
 
 import numpy as np
@@ -48,7 +54,7 @@ app = App("containerapp")
 def affine(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
     outputs = ctx.model("affine").infer({"x": np.asarray([payload["x"]], dtype=np.float32)})
     return {"y": outputs["y"][0].tolist(), "hostname": open("/etc/hostname").read().strip()}
-'''
+"""
 
 
 def docker(*args: str, timeout_s: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
@@ -83,7 +89,9 @@ def image(engine: None) -> str:
         timeout=BUILD_TIMEOUT_S,
         check=False,
     )
-    assert done.returncode == 0, f"build-image.sh failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"build-image.sh failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    )
     return IMAGE
 
 
@@ -139,7 +147,9 @@ def start_server(image: str, project: Path, names: list[str]) -> tuple[str, str]
     return server, volume
 
 
-def run_node(image: str, project: Path, names: list[str], *shared: str) -> subprocess.CompletedProcess[str]:
+def run_node(
+    image: str, project: Path, names: list[str], *shared: str
+) -> subprocess.CompletedProcess[str]:
     """`fleetinfer run --client shared` in a container of its own, with the `shared` options."""
     node = f"fleetinfer-node-{uuid.uuid4().hex[:8]}"
     names.append(f"container:{node}")
@@ -187,3 +197,51 @@ def test_a_node_container_without_the_servers_shm_says_so_and_exits_3(
     done = run_node(image, project, names, "-v", f"{volume}:/run/fleetinfer")
     assert done.returncode == ExitCode.CONFIG, done.stderr[-3000:]
     assert "/dev/shm is not shared between them" in " ".join(done.stderr.split())
+
+
+CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----\n(.*?)-----END CERTIFICATE-----", re.S)
+HOST_CA_BUNDLE = Path(os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"))
+
+
+def test_the_image_runs_unprivileged_with_no_compiler_and_its_healthcheck_set(image: str) -> None:
+    done = docker(
+        *("run", "--rm", "--entrypoint", "sh", image, "-c"),
+        "id -u; for c in gcc cc c++ ld as; do command -v $c; done; fleetinfer --help >/dev/null "
+        "&& echo runs",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["10001", "runs"]
+    check = docker("image", "inspect", "--format", "{{json .Config.Healthcheck.Test}}", image)
+    assert check.stdout.strip() == '["CMD","/usr/local/bin/fleetinfer-healthcheck"]'
+
+
+def test_no_layer_keeps_the_build_hosts_own_certificates_or_the_secret(
+    image: str, tmp_path: Path
+) -> None:
+    if not HOST_CA_BUNDLE.is_file():
+        pytest.fail(f"the build host's CA bundle {HOST_CA_BUNDLE} is missing: set SSL_CERT_FILE")
+    public = docker(
+        "run", "--rm", "--entrypoint", "cat", image, "/etc/ssl/certs/ca-certificates.crt"
+    )
+    host_only = set(CERTIFICATE.findall(HOST_CA_BUNDLE.read_text())) - set(
+        CERTIFICATE.findall(public.stdout)
+    )
+    # a line from the middle of each certificate only the host trusts (a proxy's CA, say)
+    markers = [body.splitlines()[3].encode() for body in host_only]
+    saved = tmp_path / "image.tar"
+    assert docker("save", "-o", str(saved), image).returncode == 0
+    found: list[str] = []
+    with tarfile.open(saved) as outer:
+        for layer in (m for m in outer.getmembers() if m.name.endswith("layer.tar")):
+            layer_file = outer.extractfile(layer)
+            assert layer_file is not None
+            with tarfile.open(fileobj=layer_file, mode="r|") as files:
+                for member in files:
+                    name = member.name.removeprefix("./")
+                    if name.startswith("run/secrets/") or "cabundle" in name:
+                        found.append(name)
+                    if member.isfile() and markers:
+                        data = files.extractfile(member)
+                        body = data.read() if data is not None else b""
+                        found += [name for marker in markers if marker in body]
+    assert found == [], f"layers keep the host's CA bundle or the build secret: {found}"

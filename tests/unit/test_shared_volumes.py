@@ -18,7 +18,10 @@ def test_a_named_socket_whose_folder_is_missing_is_refused_with_the_folder_named
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLEETINFER_SOCKET", str(tmp_path / "gone" / "models.sock"))
-    with pytest.raises(ConfigError, match=f"needs a running model server.* its folder {tmp_path}/gone does not exist"):
+    with pytest.raises(
+        ConfigError,
+        match=f"needs a running model server.* its folder {tmp_path}/gone does not exist",
+    ):
         shared_volumes.check_socket_folder()
 
 
@@ -27,7 +30,9 @@ def test_in_a_container_a_socket_folder_that_is_no_mount_is_refused(
 ) -> None:
     monkeypatch.setenv("FLEETINFER_SOCKET", str(tmp_path / "models.sock"))
     monkeypatch.setattr(shared_volumes, "in_container", lambda: True)
-    with pytest.raises(ConfigError, match=f"needs a running model server.* {tmp_path} is not a mounted volume"):
+    with pytest.raises(
+        ConfigError, match=f"needs a running model server.* {tmp_path} is not a mounted volume"
+    ):
         shared_volumes.check_socket_folder()
 
 

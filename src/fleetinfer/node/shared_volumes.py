@@ -60,7 +60,8 @@ def in_container() -> bool:
     container runtime named in PID 1's environment as systemd-nspawn and Kubernetes set it)."""
     if Path("/.dockerenv").exists() or Path("/run/.containerenv").exists():
         return True
-    return bool(os.environ.get("container") or os.environ.get("KUBERNETES_SERVICE_HOST"))
+    runtime = os.environ.get("container")  # noqa: SIM112 - systemd names it in lower case
+    return bool(runtime or os.environ.get("KUBERNETES_SERVICE_HOST"))
 
 
 def check_shm_size(workers: int | None, shm_dir: Path = SHM_DIR) -> None:
