@@ -89,6 +89,13 @@ ensure_qemu() {
   local q=aarch64
   [ "$arch" = amd64 ] && q=x86_64
   [ -e "/proc/sys/fs/binfmt_misc/qemu-$q" ] && return
+  if command -v update-binfmts >/dev/null && [ -e "/usr/bin/qemu-$q-static" ]; then
+    say "registering qemu-$q with binfmt_misc"
+    [ -e /proc/sys/fs/binfmt_misc/register ] \
+      || as_root mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+    as_root update-binfmts --enable "qemu-$q" >/dev/null 2>&1 || true
+    [ -e "/proc/sys/fs/binfmt_misc/qemu-$q" ] && return
+  fi
   die "building linux/$arch on $host_arch needs qemu-user-static and binfmt-support (apt-get install qemu-user-static binfmt-support), and /proc/sys/fs/binfmt_misc/qemu-$q registered"
 }
 

@@ -65,18 +65,23 @@ def docker(*args: str, timeout_s: float = RUN_TIMEOUT_S) -> subprocess.Completed
 
 @pytest.fixture(scope="module")
 def engine() -> None:
-    """A container engine answers; absent altogether: xfail saying so; present but silent: fail."""
-    if shutil.which("docker") is None or shutil.which("dockerd") is None:
-        pytest.xfail(
-            "no container engine on this machine (docker/dockerd not installed): the container "
-            "image was NOT built or run here; install docker.io and run `make services`"
-        )
+    """A container engine answers. None installed at all (no docker client, or a client with no
+    daemon installed or answering): xfail saying so. dockerd installed but silent: fail."""
+    absent = (
+        "no container engine on this machine ({}): the container image was NOT built or run "
+        "here; install docker.io and run `make services`"
+    )
+    if shutil.which("docker") is None:
+        pytest.xfail(absent.format("no docker client"))
     info = docker("info", "--format", "{{.ServerVersion}}", timeout_s=30)
-    if info.returncode != 0:
-        pytest.fail(
-            "dockerd is installed but does not answer (`docker info`: "
-            f"{' '.join(info.stderr.split())[:300]}): run `make services`, which starts it"
-        )
+    if info.returncode == 0:
+        return
+    if shutil.which("dockerd") is None:
+        pytest.xfail(absent.format("a docker client, but no daemon installed or answering"))
+    pytest.fail(
+        "dockerd is installed but does not answer (`docker info`: "
+        f"{' '.join(info.stderr.split())[:300]}): run `make services`, which starts it"
+    )
 
 
 @pytest.fixture(scope="module")
