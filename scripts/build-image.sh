@@ -21,6 +21,7 @@ SUITE=bookworm
 RUNTIME_PACKAGES=python3,ca-certificates
 BUILD_PACKAGES="gcc libc6-dev python3-dev python3-venv"
 CA_BUNDLE=${CA_BUNDLE:-}
+BASE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 platform=""
 tag="fleetinfer:latest"
@@ -109,8 +110,8 @@ make_rootfs_tarballs() {
   else
     command -v debootstrap >/dev/null || die "debootstrap is missing (apt-get install debootstrap)"
     mkdir -p "$CACHE"
-    local dir="$CACHE/rootfs-$arch"
-    as_root rm -rf "$dir"
+    local dir
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/fleetinfer-rootfs-$arch.XXXXXX")  # not under the repository
     say "debootstrap $SUITE ($arch, minbase + $RUNTIME_PACKAGES) from $MIRROR"
     as_root debootstrap --variant=minbase --arch="$arch" --include="$RUNTIME_PACKAGES" \
       "$SUITE" "$dir" "$MIRROR" >"$CACHE/debootstrap-$arch.log" 2>&1 \
@@ -141,11 +142,20 @@ make_rootfs_tarballs() {
 import_once() {
   local tar=$1 image=$2
   if docker image inspect "$image" >/dev/null 2>&1; then return; fi
-  say "docker import $tar as $image"
-  local plat=()
-  [ "$arch" = "$host_arch" ] || plat=(--platform "$platform")
-  docker import "${plat[@]}" --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    --change 'CMD ["/bin/bash"]' "$tar" "$image" >/dev/null
+  if [ "$arch" = "$host_arch" ]; then
+    say "docker import $tar as $image"
+    docker import --change "ENV PATH=$BASE_PATH" --change 'CMD ["/bin/bash"]' "$tar" "$image" >/dev/null
+    return
+  fi
+  # docker import records this machine's architecture (its --platform needs an experimental
+  # daemon), and BuildKit then looks for the base in a registry: build it FROM scratch instead
+  say "importing $tar as $image ($platform, FROM scratch + ADD)"
+  local dir
+  dir=$(mktemp -d)
+  ln "$tar" "$dir/rootfs.tar" 2>/dev/null || cp "$tar" "$dir/rootfs.tar"
+  printf 'FROM scratch\nADD rootfs.tar /\nENV PATH=%s\nCMD ["/bin/bash"]\n' "$BASE_PATH" >"$dir/Dockerfile"
+  "${BUILD[@]}" -q --platform "$platform" -t "$image" "$dir" >/dev/null
+  rm -rf "$dir"
 }
 
 # --- 3. the image ----------------------------------------------------------------------------

@@ -50,6 +50,10 @@ ensure_docker() {
     echo "docker: no container engine installed (apt-get install docker.io): the container test will report xfail"
     return
   fi
+  if ! command -v debootstrap >/dev/null; then  # the image's Debian base is made with it
+    echo "docker: installing debootstrap from Debian"
+    as_root apt-get update -qq && as_root apt-get install -y -qq debootstrap >/dev/null || true
+  fi
   if docker info >/dev/null 2>&1; then echo "docker: already answering"; return; fi
   mkdir -p /tmp/fleetinfer-docker
   as_root bash -c 'nohup dockerd >/tmp/fleetinfer-docker/dockerd.log 2>&1 &' || true
