@@ -193,5 +193,7 @@ start=$(date +%s)
   --build-arg "EXTRAS=$extras" --build-arg "WITH_ROADCHANGE=$roadchange" \
   --build-arg "MODELS=$models" \
   -f "$dockerfile" -t "$tag" "$ROOT"
+# the images this tag had before are dangling now: remove them (only this image's, by its label)
+docker image prune -f --filter "label=org.opencontainers.image.title=fleetinfer" >/dev/null
 size=$(docker image inspect --format '{{.Size}}' "$tag")
 say "built $tag ($platform) in $(( $(date +%s) - start )) s: $size bytes ($(( size / 1000000 )) MB)"
