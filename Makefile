@@ -9,7 +9,7 @@ STAMP_DEV := $(VENV)/.installed-dev
 # the compiled request paths (optional): a change rebuilds them
 NATIVE := setup.py src/fleetinfer/server/_native.c
 
-.PHONY: demo test check services install install-dev clean format
+.PHONY: demo test check services install install-dev clean format image
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ services:
 ## make test: dev dependencies, services, checks, then the whole suite.
 test: $(STAMP_DEV) services check
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+## make image: the container image fleetinfer:latest (scripts/build-image.sh; IMAGE_ARGS=--platform linux/arm64 ...).
+image:
+	bash scripts/build-image.sh $(IMAGE_ARGS)
 
 format: $(STAMP_DEV)
 	$(VENV)/bin/ruff check --fix src roadchange/src tests benchmarks examples

@@ -2,6 +2,7 @@
 # Make sure the services the test suite talks to answer on this machine:
 # Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (database `test`).
 # moto's SQS server is started by the test session itself (tests/conftest.py).
+# dockerd (for tests/e2e/test_container.py) is started when installed and not answering.
 set -euo pipefail
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -42,6 +43,25 @@ ensure_postgres_db() {
   fi
 }
 
+ensure_docker() {
+  # not fatal: without an engine the container test reports xfail (none installed) or fails
+  # (installed, not answering), saying which
+  if ! command -v docker >/dev/null || ! command -v dockerd >/dev/null; then
+    echo "docker: no container engine installed (apt-get install docker.io): the container test will report xfail"
+    return
+  fi
+  if ! command -v debootstrap >/dev/null; then  # the image's Debian base is made with it
+    echo "docker: installing debootstrap from Debian"
+    as_root apt-get update -qq && as_root apt-get install -y -qq debootstrap >/dev/null || true
+  fi
+  if docker info >/dev/null 2>&1; then echo "docker: already answering"; return; fi
+  mkdir -p /tmp/fleetinfer-docker
+  as_root bash -c 'nohup dockerd >/tmp/fleetinfer-docker/dockerd.log 2>&1 &' || true
+  for _ in $(seq 100); do docker info >/dev/null 2>&1 && { echo "docker: started dockerd"; return; }; sleep 0.2; done
+  echo "docker: dockerd did not start (see /tmp/fleetinfer-docker/dockerd.log): the container test will fail" >&2
+}
+
 ensure_redis
 ensure_postgres
 ensure_postgres_db
+ensure_docker

@@ -33,6 +33,7 @@ from fleetinfer.errors import (
     ModelConfigError,
     ServerUnavailableError,
 )
+from fleetinfer.node import shared_volumes
 from fleetinfer.queue import open_broker
 from fleetinfer.queue.base import Broker
 from fleetinfer.results import open_store
@@ -106,8 +107,12 @@ def check_client(config: NodeConfig) -> None:
             "--client triton needs the server's address: give --triton-url HOST:PORT "
             "(node.triton_url, FLEETINFER_TRITON_URL)"
         )
+    if mode == "shared":
+        shared_volumes.check_shm_size(config.workers)
     if mode == "shared" and config.models is None:
+        shared_volumes.check_socket_folder()
         _check_running_server()
+        shared_volumes.check_shm_shared()
 
 
 def _check_running_server() -> None:
