@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fleetinfer.errors import FleetinferError
+from fleetinfer.errors import FleetinferError, TransientError
 
 
 def loaded_versions(client: Any, name: str) -> tuple[int, ...]:
-    """The versions of `name` the client would be answered by; () when it cannot tell."""
+    """The versions of `name` the client would be answered by; () when it cannot tell. A server
+    that does not answer (`TransientError`: a deadline passed, it is unreachable) is raised: the
+    task's model calls would wait on it the same way."""
     try:
         versions = getattr(client, "versions", None)
         if versions is not None:
@@ -24,6 +26,8 @@ def loaded_versions(client: Any, name: str) -> tuple[int, ...]:
         session = getattr(client, "session", None)
         if session is not None:
             return (int(session(name, None).model.version),)
+    except TransientError:
+        raise
     except FleetinferError:
         return ()
     return ()
@@ -40,10 +44,17 @@ class AnsweredBy:
         if name not in self._before:
             self._before[name] = self._versions(name)
 
-    def models(self) -> str:
-        """`cdnet@2,cdnet-l@1`; empty when the task called no model."""
+    def models(self, *, look: bool = True) -> str:
+        """`cdnet@2,cdnet-l@1`; empty when the task called no model. With `look=False` (the task
+        failed on its server), or once the server stops answering, the versions seen before."""
         parts = []
         for name, before in sorted(self._before.items()):
-            seen = sorted(set(before[-1:]) | set(self._versions(name)[-1:]))
+            after: tuple[int, ...] = ()
+            if look:
+                try:
+                    after = self._versions(name)
+                except TransientError:  # the result matters more than its version: no wait
+                    look = False
+            seen = sorted(set(before[-1:]) | set(after[-1:]))
             parts.append(f"{name}@{'|'.join(str(v) for v in seen)}" if seen else name)
         return ",".join(parts)

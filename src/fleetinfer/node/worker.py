@@ -328,8 +328,9 @@ class Worker:
             with _time_limit(task):
                 value = task(ctx, envelope.payload)
             _check_json(task, value)
-        except Exception as exc:
-            return Attempt(None, exc, started_at, time.time(), answered.models())
+        except Exception as exc:  # a server that failed the task is not asked again
+            models = answered.models(look=not isinstance(exc, TransientError))
+            return Attempt(None, exc, started_at, time.time(), models)
         return Attempt(value, None, started_at, time.time(), answered.models())
 
     def _model(self, name: str, answered: AnsweredBy | None = None) -> ModelHandle:
