@@ -190,6 +190,9 @@ class SharedModelClient(ModelClient):
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
         self.connect_timeout_s = connect_timeout_s
         self.deadlines = deadlines if deadlines is not None else ModelDeadlines.from_environment()
+        longest_s = self.deadlines.longest_fixed_s()  # a (re)connection waits no call's longer
+        if longest_s is not None:
+            attach_timeout_s = min(attach_timeout_s, longest_s)
         self.attach_timeout_s, self.request_timeout_s = attach_timeout_s, request_timeout_s
         self.region_bytes, self.max_region_bytes = region_bytes, max_region_bytes
         self.spin_us = spin_us

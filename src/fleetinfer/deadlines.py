@@ -76,6 +76,11 @@ class ModelDeadlines:
         derived = max(self.floor_s, self.factor * self._slowest_s.get(model, 0.0))
         return math.ceil(derived / STEP_S) * STEP_S
 
+    def longest_fixed_s(self) -> float | None:
+        """The longest deadline given in the configuration; None when every one is derived."""
+        fixed = [*self.per_model_s.values(), *([] if self.default_s is None else [self.default_s])]
+        return max(fixed) if fixed and self.default_s is not None else None
+
     def observe(self, model: str, seconds: float) -> None:
         """A call of `model` was answered after `seconds`."""
         slowest = self._slowest_s.get(model, 0.0) * SLOWEST_DECAY

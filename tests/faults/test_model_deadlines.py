@@ -24,7 +24,7 @@ import pytest
 from fleetinfer.client import SharedModelClient
 from fleetinfer.deadlines import DEFAULT_FLOOR_S, ModelDeadlines
 from fleetinfer.errors import ConfigError, ModelDeadlineError
-from fleetinfer.server.channel import Channel
+from fleetinfer.server.channel import ATTACH_TIMEOUT_S, Channel
 from tests.faults.node import freeze
 from tests.helpers.tiny_models import affine_repository
 
@@ -102,6 +102,17 @@ def test_deadlines_are_fixed_per_model_or_derived_from_the_slowest_call() -> Non
     deadlines.observe("other", 4.0)  # a slow call (queued behind the other workers' calls)
     assert deadlines.deadline_s("other") == 80.0  # 20 × 4 s
     assert ModelDeadlines.parse("60,cdnet=5").deadline_s("other") == 60
+
+
+def test_a_connection_waits_for_its_attach_no_longer_than_the_configured_deadlines() -> None:
+    """A reconnection to a hung server fails when a model call would, not 10 s later."""
+    assert ModelDeadlines.parse("2").longest_fixed_s() == 2
+    assert ModelDeadlines.parse("cdnet=20,3").longest_fixed_s() == 20
+    assert ModelDeadlines.parse("cdnet=5").longest_fixed_s() is None  # others are derived
+    assert ModelDeadlines.parse(None).longest_fixed_s() is None
+    short = SharedModelClient("/nonexistent.sock", deadlines=ModelDeadlines.parse("2"))
+    derived = SharedModelClient("/nonexistent.sock")
+    assert (short.attach_timeout_s, derived.attach_timeout_s) == (2, ATTACH_TIMEOUT_S)
 
 
 @pytest.mark.parametrize("text", ["cdnet=", "abc", "cdnet=-1", "0", "cdnet=nan"])

@@ -93,7 +93,7 @@ def _server_pids(node_pid: int) -> list[int]:
     for task in Path(f"/proc/{node_pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-            if b"serve" in cmdline:
+            if b"serve" in cmdline or b"fleetinfer.node.server_child" in cmdline:
                 pids.append(int(child))
     return sorted(set(pids))
 

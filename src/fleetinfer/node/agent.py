@@ -307,7 +307,7 @@ class NodeAgent:
             return
         self._server = server = self._start_server(options)
         self.supervisor.env[SOCKET_ENV] = str(self._server.socket_path)
-        self.metrics.add_scrape(lambda: server.metrics_url)
+        self.metrics.add_scrape(lambda: _scrape_url(server))
 
     def _start_server(self, options: ServerOptions) -> ModelServerProcess:
         """One model server that tells the agent of its signals, probed from now on."""
@@ -324,7 +324,7 @@ class NodeAgent:
         self._servers, env = start_device_servers(options, plans, self._start_server)
         self.supervisor.env.update(env)
         for server in self._servers:
-            self.metrics.add_scrape(lambda s=server: s.metrics_url)  # type: ignore[misc]
+            self.metrics.add_scrape(lambda s=server: _scrape_url(s))  # type: ignore[misc]
 
     def _start_reconcile(self) -> None:
         from fleetinfer.registry.node import start_reconcile
@@ -456,3 +456,9 @@ class NodeAgent:
 
     def _metrics_url(self) -> str | None:
         return None if self._health is None else self._health.url
+
+
+def _scrape_url(server: ModelServerProcess) -> str | None:
+    """Where the node's /metrics reads the server's metrics; None while the server does not
+    answer its probes (a hung server must not slow the node's own scrape)."""
+    return server.metrics_url if server.answering else None

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from fleetinfer.queue.base import Broker
 
 log = logging.getLogger("fleetinfer.node")
-SCRAPE_TIMEOUT_S = 2.0
+SCRAPE_TIMEOUT_S = 1.0
 
 OUTCOMES = (
     "succeeded",
