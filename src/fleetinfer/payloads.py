@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fleetinfer.errors import InputError
+from fleetinfer.untrusted import check_json_depth
 
 MAX_TASK_ID_CHARS = 256
 
@@ -49,11 +50,17 @@ def parse_jsonl(lines: Iterable[bytes], name: str) -> list[Any]:
         if not line.strip():
             continue
         try:
+            check_json_depth(raw, what=f"line {number} of {name}")  # a message must decode too
             payloads.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise InputError(
                 f"line {number} of {name} is not JSON ({exc.msg} at column {exc.colno}): "
                 f"expected one JSON payload per line, got {line.strip()[:80]!r}"
+            ) from exc
+        except (ValueError, RecursionError) as exc:  # numbers too long for int(), etc.
+            raise InputError(
+                f"line {number} of {name} is not a payload this queue can carry ({exc}): "
+                "expected one JSON payload per line"
             ) from exc
     return payloads
 

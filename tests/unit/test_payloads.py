@@ -55,3 +55,18 @@ def test_a_line_that_is_not_utf8_or_not_json_is_named_by_its_number() -> None:
         parse_jsonl(io.BytesIO('{"n": 1}\n{"name": "Zürich"}\n'.encode("latin-1")), "f")
     with pytest.raises(InputError, match="line 1 of f is not JSON"):
         parse_jsonl(io.BytesIO(b"{n: 1}\n"), "f")
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        (b"[" * 5000 + b"]" * 5000, "nests arrays and objects 5000 deep"),
+        (b'{"a": ' * 300 + b"1" + b"}" * 300, "nests arrays and objects 300 deep"),
+        (b"1" * 5000, "is not a payload this queue can carry"),
+    ],
+)
+def test_a_payload_line_no_queue_message_could_carry_is_an_input_error(
+    line: bytes, says: str
+) -> None:
+    with pytest.raises(InputError, match=says):
+        parse_jsonl([b'{"n": 1}', line], "f")
