@@ -13,7 +13,11 @@ largest batch it has run: a preferred size caps that memory, and a single reques
 as even slices of at most that size, side by side on the instances that are idle, and on those
 that free up while it runs, as long as nothing is queued. Outputs are written straight into each
 client's region and each client gets its own reply. A failed merged batch is retried request by
-request, so one bad request cannot fail its neighbours.
+request, so one bad request cannot fail its neighbours. A merged batch is gathered into its
+batcher thread's own buffer (`Staging`: no allocation per execution), and a request whose layout
+has a direct plan gets its rows copied into the plan's output views and the plan's encoded reply
+(no encoding per request); with the C lane, a kept request its lane found the model busy for goes
+straight to `submit` (`Connection._submit_kept`).
 """
 
 from __future__ import annotations
