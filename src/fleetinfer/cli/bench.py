@@ -157,6 +157,12 @@ ROWS = (
     ("worker PSS / MiB", "worker_pss_mib", "{:.0f}"),
 )
 
+SPLIT_ROWS = (  # where a task's time goes (the report's `task_split`)
+    ("task: in model calls / s", "model_wall_s"),
+    ("task: own code / s", "own_wall_s"),
+    ("task: own process CPU / s", "own_cpu_s"),
+)
+
 
 def summary_table(report: dict[str, Any]) -> Table:
     """Modes as columns, measures as rows; a mode that could not run shows why."""
@@ -172,6 +178,8 @@ def summary_table(report: dict[str, Any]) -> Table:
         table.add_column(mode, justify="right")
     for label, key, fmt in ROWS:
         table.add_row(label, *(_cell(modes[m], key, fmt) for m in modes))
+    for label, key in SPLIT_ROWS:
+        table.add_row(label, *(_cell(modes[m].get("task_split", {}), key, "{:.3f}") for m in modes))
     shape = report["instance"]["name"]
     table.add_row(
         f"{shape}: workers (bound)",
