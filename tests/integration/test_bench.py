@@ -116,6 +116,19 @@ def test_each_mode_is_projected_onto_the_instance(report: dict[str, Any]) -> Non
         assert p["tasks_per_usd"] == pytest.approx(p["tasks_per_min"] * 60 / 2.016)
 
 
+def test_each_node_task_s_time_is_split_between_its_model_calls_and_its_own_code(
+    report: dict[str, Any],
+) -> None:
+    for mode in NODE_MODES:
+        split = report["modes"][mode]["task_split"]
+        assert 0 < split["model_wall_s"] <= split["wall_s"]
+        assert split["own_wall_s"] == pytest.approx(
+            split["wall_s"] - split["model_wall_s"], abs=1e-3
+        )
+        assert split["own_cpu_s"] > 0
+        assert split["model_calls"] == expected_model_calls() / TASKS
+
+
 def test_the_per_task_processes_are_decomposed(report: dict[str, Any]) -> None:
     d = report["modes"]["isolated-per-task"]["decomposition"]
     assert d["processes"] == TASKS * ROUNDS

@@ -307,8 +307,30 @@ def test_the_probe_counts_model_calls_and_keeps_the_task_value() -> None:
         task_id="1", task_name="t", receive_count=1, logger=logging.getLogger("t"),
         _heartbeat=lambda: None, _models=lambda name: Model(),
     )  # fmt: skip
-    assert wrapped(ctx, 3) == {"value": [0, 1, 2], "model_calls": 3}
+    result = wrapped(ctx, 3)
+    assert (result["value"], result["model_calls"]) == ([0, 1, 2], 3)
+    assert result["model_wall_s"] >= 0.0
+    assert result["task_cpu_s"] >= 0.0
     assert (wrapped.name, wrapped.max_receives) == ("t", 2)
+
+
+def test_the_probe_times_the_model_calls_apart_from_the_task_s_own_code() -> None:
+    class SlowModel:
+        def infer(self, inputs: Any, *, version: int | None = None) -> dict[str, Any]:
+            time.sleep(0.05)
+            return {}
+
+    def task(ctx: TaskContext, payload: Any) -> None:
+        ctx.model("m").infer({})
+
+    wrapped = counting(Task("t", task))
+    ctx = TaskContext(
+        task_id="1", task_name="t", receive_count=1, logger=logging.getLogger("t"),
+        _heartbeat=lambda: None, _models=lambda name: SlowModel(),
+    )  # fmt: skip
+    result = wrapped(ctx, None)
+    assert result["model_wall_s"] >= 0.05  # a sleep lasts at least as long as asked
+    assert result["task_cpu_s"] < result["model_wall_s"]  # sleeping takes no CPU
 
 
 def test_instances_can_be_given_as_json(tmp_path: Path) -> None:

@@ -26,6 +26,13 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # (command-line fragment, role), first match wins; this process itself is the `agent`.
 _ROLES = (
+    (b"ray::ModelActor", "model_server"),  # the `ray` mode: the actor holding the models,
+    (b"ray::IDLE", "worker"),  # Ray's workers, idle or running a task,
+    (b"ray::run_payload", "worker"),
+    (b"default_worker.py", "worker"),  # and before they name themselves;
+    (b"fleetinfer.bench.ray_driver", "ray_driver"),  # the driver, then Ray's own processes
+    (b"ray::", "ray_runtime"),  # (agents, GCS, raylet, monitors)
+    (b"/ray/", "ray_runtime"),
     (b"fleetinfer.bench.oneshot", "task_process"),
     (b"fleetinfer.node.process", "worker"),
     (b"triton", "triton"),

@@ -56,6 +56,12 @@ DEFINITIONS = {
     "x cpu_utilization: the wall of a task with a core to itself, when the run had more workers "
     "than busy cores (each task then waited for a core); the projection's task wall",
     "ratios": "median over rounds of the ratio of two modes measured in the same round",
+    "task_split": "where a task's time and CPU go, per task, means over the round's tasks: "
+    "wall_s (task start -> finish, inside the worker), model_wall_s (inside its model calls: "
+    "queueing, transport and compute), own_wall_s (the rest: the task's own code, e.g. drawing "
+    "windows), own_cpu_s (CPU of the task's own process while it ran: its code, plus the model "
+    "when the model runs in process); cpu_s_per_task_steady_by_role: the steady window's CPU "
+    "by process role (worker, model_server, triton, zygote, agent, ray_runtime ...) per task",
     "projection": "see fleetinfer.bench.projection: workers by memory and by cores on the "
     "instance, from worker_pss_mib, node_fixed_pss_mib, task_wall_uncontended_s and "
     "cpu_s_per_task_steady (else cpu_s_per_task)",
@@ -68,6 +74,9 @@ RATIOS = {
     "shared_vs_triton_tasks_per_min": ("shared", "triton", "tasks_per_min"),
     "shared_vs_triton_tasks_per_min_steady": ("shared", "triton", "tasks_per_min_steady"),
     "shared_vs_isolated_per_task_tasks_per_min": ("shared", "isolated-per-task", "tasks_per_min"),
+    "shared_vs_ray_tasks_per_min": ("shared", "ray", "tasks_per_min"),
+    "shared_vs_ray_tasks_per_min_steady": ("shared", "ray", "tasks_per_min_steady"),
+    "shared_vs_ray_node_pss": ("shared", "ray", "node_pss_mib"),
 }
 
 
@@ -149,7 +158,25 @@ def round_metrics(run: RoundRun, cores: float, workers: int) -> dict[str, Any]:
         "cpu_utilization": run.cpu_s / (run_s * cores),
         "server_start_s": run.server_start_s,
     }
-    return metrics | pss_metrics(run, first, last) | steady_cpu(run, first, last)
+    return metrics | pss_metrics(run, first, last) | steady_cpu(run, first, last) | task_split(ok)
+
+
+def task_split(ok: Sequence[Any]) -> dict[str, Any]:
+    """Where a task's time goes (DEFINITIONS, task_split); empty without the probe's timings."""
+    timed = [t for t in ok if t.model_wall_s is not None and t.task_cpu_s is not None]
+    if not timed:
+        return {"task_split": {}}
+    wall = statistics.fmean(t.finished_at - t.started_at for t in timed)
+    model = statistics.fmean(t.model_wall_s for t in timed)
+    return {
+        "task_split": {
+            "wall_s": wall,
+            "model_wall_s": model,
+            "own_wall_s": wall - model,
+            "own_cpu_s": statistics.fmean(t.task_cpu_s for t in timed),
+            "model_calls": statistics.fmean(t.model_calls for t in timed),
+        }
+    }
 
 
 def steady_cpu(run: RoundRun, first: float, last: float) -> dict[str, Any]:
@@ -158,10 +185,25 @@ def steady_cpu(run: RoundRun, first: float, last: float) -> dict[str, Any]:
     process, its start-up is its cost, and cpu_s_per_task already says it."""
     samples = run.sampler.window(first, last)
     if run.mode == "isolated-per-task" or len(samples) < 2:
-        return {"cpu_s_per_task_steady": None}
+        return {"cpu_s_per_task_steady": None, "cpu_s_per_task_steady_by_role": {}}
     start, end = samples[0].at, samples[-1].at
     done = sum(1 for t in run.tasks if t.error is None and start < t.finished_at <= end)
-    return {"cpu_s_per_task_steady": window_cpu_s(samples) / done if done else None}
+    return {
+        "cpu_s_per_task_steady": window_cpu_s(samples) / done if done else None,
+        "cpu_s_per_task_steady_by_role": cpu_by_role(samples, run.sampler.roles, done),
+    }
+
+
+def cpu_by_role(samples: Sequence[Any], roles: Mapping[int, str], done: int) -> dict[str, float]:
+    """CPU seconds per task of each role's processes between the first and the last sample."""
+    if not done:
+        return {}
+    first, last = samples[0].cpu_s_by_pid, samples[-1].cpu_s_by_pid
+    by_role: dict[str, float] = {}
+    for pid in first.keys() & last.keys():
+        role = roles.get(pid, "other")
+        by_role[role] = by_role.get(role, 0.0) + (last[pid] - first[pid]) / done
+    return {role: round(cpu_s, 4) for role, cpu_s in sorted(by_role.items())}
 
 
 def pss_metrics(run: RoundRun, first: float, last: float) -> dict[str, Any]:
@@ -217,6 +259,10 @@ def mode_summary(
     summary["succeeded_per_round"] = [r["succeeded"] for r in rounds]
     summary["model_calls_per_round"] = [r["model_calls"] for r in rounds]
     summary["pss_mib"] = _median_roles([r["pss_mib"] for r in rounds])
+    summary["task_split"] = _median_roles([r.get("task_split", {}) for r in rounds], digits=4)
+    summary["cpu_s_per_task_steady_by_role"] = _median_roles(
+        [r.get("cpu_s_per_task_steady_by_role", {}) for r in rounds], digits=4
+    )
     summary["limit_tasks_per_min"] = limit
     steady = summary["tasks_per_min_steady"]
     summary["efficiency"] = efficiency(steady if steady else summary["tasks_per_min"], limit)
@@ -230,10 +276,11 @@ def mode_summary(
     return summary
 
 
-def _median_roles(per_round: Sequence[Mapping[str, float]]) -> dict[str, float]:
+def _median_roles(per_round: Sequence[Mapping[str, float]], digits: int = 1) -> dict[str, float]:
     roles = sorted({role for r in per_round for role in r}, key=_role_order)
     return {
-        role: round(statistics.median(r[role] for r in per_round if role in r), 1) for role in roles
+        role: round(statistics.median(r[role] for r in per_round if role in r), digits)
+        for role in roles
     }
 
 
@@ -351,6 +398,9 @@ def _settings(run: BenchRun, payloads_file: str) -> dict[str, Any]:
             "intra-op per model in the model server",
             "triton": f"{config.server_executions} instance(s) x {config.server_threads} "
             "intra-op per model in Triton",
+            "ray": f"one Ray actor, {config.server_executions} concurrent call(s) x "
+            f"{config.server_threads} intra-op per model; tasks as Ray tasks, "
+            f"{config.workers} at a time",
         },
         "order": run.order,
     }

@@ -5,6 +5,8 @@
     isolated           a node of W workers, each with its own in-process model sessions
     shared             a node of W workers calling the node's model server
     triton             a node of W workers calling a Triton server (PyTriton), same ONNX files
+    ray                W Ray tasks at a time calling one Ray actor that holds the models
+                       (`ray_driver.py`; the optional extra `fleetinfer[ray]`)
 
 Thread budget `T` (default: the usable cores): the shared server and Triton run each model as
 I concurrent executions (`server_instances`; default T, measured fastest here: one
@@ -36,6 +38,7 @@ from typing import Any
 
 from fleetinfer.bench.measure import PssSampler, tree_cpu_s
 from fleetinfer.bench.probe import PROBE_TARGET, TARGET_ENV
+from fleetinfer.bench.ray_mode import RayRunError, ray_unavailable, run_ray
 from fleetinfer.bench.triton import TritonServer, TritonServerError, triton_unavailable
 from fleetinfer.errors import ConfigError, FleetinferError
 from fleetinfer.node.agent import NodeConfig, run_node
@@ -45,7 +48,7 @@ from fleetinfer.queue import open_broker
 from fleetinfer.results import TaskStatus, open_store
 from fleetinfer.task import resolve_target, send_tasks
 
-MODES = ("isolated-per-task", "isolated", "shared", "triton")
+MODES = ("isolated-per-task", "isolated", "shared", "triton", "ray")
 NODE_CLIENTS = {"isolated": "inprocess", "shared": "shared", "triton": "triton"}
 
 Progress = Callable[[str], None]
@@ -121,6 +124,8 @@ class TaskTiming:
     finished_at: float
     model_calls: int
     error: str | None = None
+    model_wall_s: float | None = None  # inside the task's model calls (the probe's timing)
+    task_cpu_s: float | None = None  # CPU of the task's own process while it ran
 
 
 @dataclass(slots=True)
@@ -181,6 +186,10 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRun
         why = triton_unavailable(config.pytriton_python)
         if why is not None:
             errors["triton"] = why
+    if "ray" in config.modes:
+        why = ray_unavailable()
+        if why is not None:
+            errors["ray"] = why
     for number, modes in enumerate(order, 1):
         say(f"round {number}/{config.rounds}: calibrating (warm CPU seconds per task, one process)")
         calibrations.append(calibrate(config))
@@ -190,7 +199,7 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRun
             say(f"round {number}/{config.rounds}: {mode}")
             try:
                 runs[mode].append(run_mode(config, mode, number))
-            except (FleetinferError, TritonServerError) as exc:
+            except (FleetinferError, TritonServerError, RayRunError) as exc:
                 errors[mode] = f"{type(exc).__name__}: {exc}"
     calibration = Calibration.median_of(calibrations)
     return BenchRun(config, order, calibration, runs, errors, usable_cores())
@@ -201,6 +210,8 @@ def run_mode(config: BenchConfig, mode: str, number: int) -> RoundRun:
         workdir = Path(folder)
         if mode == "isolated-per-task":
             return run_per_task(config, number)
+        if mode == "ray":
+            return run_ray(config, number, workdir)
         if mode == "triton":
             with start_triton(config) as server:
                 server_cpu_s = server.cpu_s()
@@ -270,7 +281,8 @@ def _timing(result: Any) -> TaskTiming:
     value = result.value if isinstance(result.value, dict) else {}
     error = None if result.status is TaskStatus.SUCCEEDED else f"{result.status}: {result.error}"
     calls = int(value.get("model_calls", 0))
-    return TaskTiming(result.started_at, result.finished_at, calls, error)
+    model_wall_s, task_cpu_s = value.get("model_wall_s"), value.get("task_cpu_s")
+    return TaskTiming(result.started_at, result.finished_at, calls, error, model_wall_s, task_cpu_s)
 
 
 @contextmanager

@@ -75,6 +75,15 @@ def bench(
             "`fleetinfer run` does (--no-preload: fresh interpreters).",
         ),
     ] = True,
+    call_pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--call-pattern",
+            help="per-window: one window per model call (sets each payload's max_batch to 1, "
+            "production's pattern); per-segment: the task's default, one call per segment. "
+            "Default: the payloads as they are.",
+        ),
+    ] = None,
     calibration_tasks: Annotated[
         int, typer.Option("--calibration-tasks", min=1, help="Warm tasks measured for the limit.")
     ] = 5,
@@ -82,7 +91,7 @@ def bench(
 ) -> None:
     """Run TASK's payloads through isolated-per-task, isolated, shared and triton; compare."""
     from fleetinfer.bench.instances import instance_shape, load_instances
-    from fleetinfer.bench.payloads import load_payloads
+    from fleetinfer.bench.payloads import load_payloads, with_call_pattern
     from fleetinfer.bench.report import build_report
     from fleetinfer.bench.runner import BenchConfig, run_bench
     from fleetinfer.node.sizing import usable_cores
@@ -95,7 +104,7 @@ def bench(
         config = BenchConfig(
             target=target,
             models=models,
-            payloads=tuple(load_payloads(payloads, tasks)),
+            payloads=tuple(with_call_pattern(load_payloads(payloads, tasks), call_pattern)),
             modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
             rounds=rounds,
             workers=workers or max(1, int(usable_cores())),
@@ -108,6 +117,7 @@ def bench(
         with stderr.status("benchmarking") as status:
             run = run_bench(config, lambda text: status.update(f"bench: {text}"))
         report = build_report(run, shape, payloads_file=str(payloads))
+        report["bench"]["call_pattern"] = call_pattern or "as in the payloads"
         _write(report, out)
     if as_json:
         print_json(report)
@@ -147,6 +157,12 @@ ROWS = (
     ("worker PSS / MiB", "worker_pss_mib", "{:.0f}"),
 )
 
+SPLIT_ROWS = (  # where a task's time goes (the report's `task_split`)
+    ("task: in model calls / s", "model_wall_s"),
+    ("task: own code / s", "own_wall_s"),
+    ("task: own process CPU / s", "own_cpu_s"),
+)
+
 
 def summary_table(report: dict[str, Any]) -> Table:
     """Modes as columns, measures as rows; a mode that could not run shows why."""
@@ -162,6 +178,8 @@ def summary_table(report: dict[str, Any]) -> Table:
         table.add_column(mode, justify="right")
     for label, key, fmt in ROWS:
         table.add_row(label, *(_cell(modes[m], key, fmt) for m in modes))
+    for label, key in SPLIT_ROWS:
+        table.add_row(label, *(_cell(modes[m].get("task_split", {}), key, "{:.3f}") for m in modes))
     shape = report["instance"]["name"]
     table.add_row(
         f"{shape}: workers (bound)",

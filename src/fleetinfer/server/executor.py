@@ -13,7 +13,11 @@ largest batch it has run: a preferred size caps that memory, and a single reques
 as even slices of at most that size, side by side on the instances that are idle, and on those
 that free up while it runs, as long as nothing is queued. Outputs are written straight into each
 client's region and each client gets its own reply. A failed merged batch is retried request by
-request, so one bad request cannot fail its neighbours.
+request, so one bad request cannot fail its neighbours. A merged batch is gathered into its
+batcher thread's own buffer (`Staging`: no allocation per execution), and a request whose layout
+has a direct plan gets its rows copied into the plan's output views and the plan's encoded reply
+(no encoding per request); with the C lane, a kept request its lane found the model busy for goes
+straight to `submit` (`Connection._submit_kept`).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class DirectPlan:
 
     binding: Any  # onnxruntime.IOBinding
     reply: bytes  # the encoded `InferReply`: the same for every run
+    outputs: dict[str, np.ndarray[Any, Any]] = field(default_factory=dict)  # views, the region
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -254,12 +259,13 @@ class ModelExecutor:
                 self._busy -= instances - started
 
     def _serve_queue(self) -> None:
+        staging = Staging()  # this thread's buffer for merged inputs
         while True:
             batch = self._next_batch()
             if batch is None:
                 return
             try:
-                self.execute(batch)
+                self.execute(batch, staging)
             except Exception:  # never let a batcher thread die
                 log.exception("batch of %s failed unexpectedly", self.config.name)
             finally:
@@ -267,13 +273,15 @@ class ModelExecutor:
 
     def _next_batch(self) -> list[Pending] | None:
         with self._lock:
-            while not (self._queue and self._busy < self.instances):
-                if self._closed and not self._queue:
-                    return None
-                self._cond.wait()
-            self._wait_for_fuller_batch()
-            self._busy += 1
-            return self._take_batch()
+            while True:
+                while not (self._queue and self._busy < self.instances):
+                    if self._closed and not self._queue:
+                        return None
+                    self._cond.wait()
+                self._wait_for_fuller_batch()
+                if self._queue and self._busy < self.instances:  # another batcher took it
+                    self._busy += 1
+                    return self._take_batch()
 
     def _wait_for_fuller_batch(self) -> None:
         if self.delay_ns == 0:
@@ -304,8 +312,9 @@ class ModelExecutor:
         self._queue = kept
         return batch
 
-    def execute(self, batch: list[Pending]) -> None:
-        """Run `batch` as one model execution and answer each request."""
+    def execute(self, batch: list[Pending], staging: Staging | None = None) -> None:
+        """Run `batch` as one model execution and answer each request; merged inputs are
+        copied into `staging` (a batcher thread's own buffer) when given."""
         start_ns = time.perf_counter_ns()
         try:
             for p in batch:  # right before the inputs are read: no region may have shrunk
@@ -313,7 +322,8 @@ class ModelExecutor:
             small = len(batch) == 1 and batch[0].batch <= self.merge_limit
             if small and self._try_direct(batch[0], start_ns):
                 return
-            outputs = self._run_in_chunks(_merged_inputs(batch))
+            inputs = staging.merged(batch) if staging is not None else _merged_inputs(batch)
+            outputs = self._run_in_chunks(inputs)
         except FleetinferError as exc:
             self._fail(batch, exc)
             return
@@ -322,15 +332,15 @@ class ModelExecutor:
             self._fail(batch, FleetinferError(f"internal server error: {exc!r}"))
             return
         self._account(batch, start_ns, (time.perf_counter_ns() - start_ns) // 1000)
+        if len(batch) == 1:
+            self._answer(batch[0], outputs)
+            return
         row = 0
         for p in batch:
-            part = (
-                outputs
-                if len(batch) == 1
-                else {n: o[row : row + p.batch] for n, o in outputs.items()}
-            )
+            part = {n: o[row : row + p.batch] for n, o in outputs.items()}
             row += p.batch
-            self._answer(p, part)
+            if not _answer_planned(p, part):
+                self._answer(p, part)
 
     def _run_in_chunks(self, inputs: Tensors) -> Tensors:
         """One run, or, for a request above the merge limit, one run per slice of at most that
@@ -455,13 +465,63 @@ class ModelExecutor:
         for name, array in p.inputs.items():  # by address: each run reads the region afresh
             address = array.__array_interface__["data"][0]
             binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), address)
-        refs = []
+        refs, views = [], []
         for (s, shape), off in zip(shapes, layout, strict=False):
             view = p.region.view(p.window_offset + off, s.numpy_dtype, shape)
+            views.append(view)
             pointer = view.__array_interface__["data"][0]
             binding.bind_output(s.name, "cpu", 0, view.dtype, list(shape), pointer)
             refs.append(_ref(s.name, view, p.window_offset + off))
-        return DirectPlan(binding, encode(InferReply(version=self.version, outputs=tuple(refs))))
+        reply = encode(InferReply(version=self.version, outputs=tuple(refs)))
+        outputs = {s.name: view for (s, _), view in zip(shapes, views, strict=True)}
+        return DirectPlan(binding, reply, outputs)
+
+
+class Staging:
+    """A batcher thread's buffers for merged inputs, one per input name, kept from one merge
+    to the next (a merge of 8 CDNet windows is 4.7 MB: no fresh allocation and page faults per
+    execution); a buffer grows, or is replaced when the shape or dtype changes."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray[Any, Any]] = {}
+
+    def merged(self, batch: list[Pending]) -> Tensors:
+        if len(batch) == 1:
+            return batch[0].inputs
+        return {
+            name: self._concatenated(name, [p.inputs[name] for p in batch])
+            for name in batch[0].inputs
+        }
+
+    def _concatenated(self, name: str, parts: list[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
+        rows, first = sum(a.shape[0] for a in parts), parts[0]
+        buffer = self._buffers.get(name)
+        fits = buffer is not None and buffer.shape[1:] == first.shape[1:]
+        if buffer is None or not fits or buffer.dtype != first.dtype or buffer.shape[0] < rows:
+            buffer = self._buffers[name] = np.empty((rows, *first.shape[1:]), first.dtype)
+        target = buffer[:rows]
+        np.concatenate(parts, out=target)
+        return target
+
+
+def _answer_planned(p: Pending, part: Mapping[str, np.ndarray[Any, Any]]) -> bool:
+    """Answer a request of a merged batch through its layout's direct plan, if it has one: its
+    rows copied into the plan's output views and the plan's encoded reply sent (the same bytes
+    `write_outputs` would encode). False, nothing sent, when there is no plan or it does not fit
+    (the caller then answers the long way)."""
+    plan = p.slot.plan if p.slot is not None else None
+    if plan is None or plan.outputs.keys() != part.keys():
+        return False
+    if any(view.shape != part[name].shape for name, view in plan.outputs.items()):
+        return False
+    try:
+        p.region.check_intact()  # as `write_outputs`: never write into a shrunk region
+    except FleetinferError:
+        return False  # the long way answers with the error
+    for name, view in plan.outputs.items():
+        np.copyto(view, part[name])
+    p.sink.reply_ok(p.request_id, plan.reply)
+    return True
 
 
 def _merged_inputs(batch: list[Pending]) -> Tensors:

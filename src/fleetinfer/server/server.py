@@ -370,7 +370,7 @@ class Connection:
                 self._handle(kind, request_id, body)
                 continue
             prepared = self._cached(body)
-            if not self._run_repeated(request_id, prepared):
+            if not self._submit_kept(request_id, prepared):
                 self._handle(kind, request_id, body)
             if prepared is not None:  # a layout sent again (a long-way request comes once):
                 self._offer(lane, body)  # the lane serves it from now on
@@ -384,6 +384,15 @@ class Connection:
             self.tally.read()
             if kind != Kind.INFER or not self._run_repeated(request_id, self._cached(body)):
                 self._handle(kind, request_id, body)
+
+    def _submit_kept(self, request_id: int, prepared: Prepared | None) -> bool:
+        """A kept request the lane handed back (its model was busy: the lane tried it
+        already) goes straight to its executor, which runs it if an instance freed up
+        meanwhile or queues it for a merged batch. False, nothing done, for any other
+        request, or if the executor closed: `_handle` takes it the long way."""
+        if prepared is None or prepared.slot.plan is None:
+            return False
+        return prepared.executor.submit(prepared.pending(self, request_id))
 
     def _offer(self, lane: compiled.ServerLane, body: bytes) -> None:
         """After `_handle` ran a request whose layout was cached: if it has a direct plan
