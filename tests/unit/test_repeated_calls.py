@@ -188,7 +188,7 @@ def test_the_server_runs_a_repeated_call_in_its_fast_lane_without_the_executor_q
     client: SharedModelClient, server: ModelServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     handle, x = client.model("affine"), np.ones((1, 4), np.float32)
-    for _ in range(3):  # the long way, then the repeated call's first run makes its plan
+    for _ in range(4):  # the long way, its plan, then once through the executor to the lane
         handle.infer({"x": x})
     executions: list[int] = []
     original = ModelExecutor.execute
