@@ -1,9 +1,15 @@
-"""`fleetinfer demo`: the main job on the embedded defaults (roadchange, one node, SQLite)."""
+"""`fleetinfer demo`: the main job on the embedded defaults (one node, SQLite).
+
+The job is a workload's, found through the entry-point group `fleetinfer.demos` (roadchange
+registers `roadchange = "roadchange.demo"`): fleetinfer imports no workload by name. A demo
+module has `DemoConfig`, `prepare`, `enqueue` and `run` (see roadchange/src/roadchange/demo.py).
+"""
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,8 +18,8 @@ from rich.table import Table
 from fleetinfer.cli.common import JsonOption, exit_on_error, print_json, stdout
 from fleetinfer.errors import ConfigError
 
-if TYPE_CHECKING:
-    from roadchange.demo import DemoSummary
+DEMO_GROUP = "fleetinfer.demos"
+DEFAULT_DEMO = "roadchange"
 
 
 def _progress() -> Progress:
@@ -27,15 +33,18 @@ def _progress() -> Progress:
     )
 
 
-def _import_roadchange_demo() -> Any:
-    try:
-        from roadchange import demo as job
-    except ImportError as exc:
+def _load_demo(name: str = DEFAULT_DEMO) -> Any:
+    """The demo module a workload registered under `name` in `fleetinfer.demos`."""
+    found = [ep for ep in entry_points(group=DEMO_GROUP) if ep.name == name]
+    if not found:
         raise ConfigError(
-            "fleetinfer demo runs the roadchange workload, which is not installed: run "
-            "`pip install roadchange` (from a clone: `pip install ./roadchange`, or `make demo`)"
-        ) from exc
-    return job
+            f"fleetinfer demo runs the {name} workload, which is not installed: run "
+            f"`pip install {name}` (from a clone: `pip install ./{name}`, or `make demo`)"
+        )
+    try:
+        return found[0].load()
+    except ImportError as exc:
+        raise ConfigError(f"the {name} demo is registered but does not import: {exc}") from exc
 
 
 def demo(
@@ -53,7 +62,7 @@ def demo(
 ) -> None:
     """Generate road segments, queue one change-detection task each, run a node, summarise."""
     with exit_on_error():
-        job = _import_roadchange_demo()
+        job = _load_demo()
     config = job.DemoConfig(
         workdir=workdir, segments=segments, workers=workers, client_mode=client_mode
     )
@@ -71,7 +80,7 @@ def demo(
         _print_summary(summary)
 
 
-def _print_summary(summary: DemoSummary) -> None:
+def _print_summary(summary: Any) -> None:
     q = summary.quality
     table = Table(title="fleetinfer demo: roadchange on one node", show_header=False)
     table.add_row("tasks", f"{summary.succeeded} of {summary.tasks} succeeded")
