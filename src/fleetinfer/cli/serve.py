@@ -21,7 +21,7 @@ import typer
 
 from fleetinfer.errors import FleetinferError
 from fleetinfer.server.protocol import default_socket_path
-from fleetinfer.server.server import REQUEST_SPIN_US, ModelServer, ServerConfig
+from fleetinfer.server.server import REQUEST_SPIN_US, ModelServer, ServerConfig, start_server
 
 EXIT_OK = 0
 EXIT_CONFIG = 3  # fix the configuration (README: 0 ok, 1 bug, 2 usage, 3 config)
@@ -54,14 +54,8 @@ def serve(
         model_control=model_control,
     )
     try:
-        server = ModelServer(config)
+        server = start_server(config)
     except FleetinferError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        server.start()
-    except FleetinferError as exc:
-        server.stop()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     _install_signals(server)

@@ -33,7 +33,7 @@ from fleetinfer.node.signals import (
     process_alive,
     unblock_drain_signals,
 )
-from fleetinfer.server.server import ModelServer, ServerConfig
+from fleetinfer.server.server import ModelServer, ServerConfig, start_server
 
 EXIT_OK = 0
 EXIT_CONFIG = 3
@@ -57,14 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         instance_count=args.instances,
     )
     try:
-        server = ModelServer(config)
+        server = start_server(config)
     except FleetinferError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        server.start()
-    except FleetinferError as exc:
-        server.stop()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     _reload_on_sighup(server)

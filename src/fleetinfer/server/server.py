@@ -611,3 +611,15 @@ def _raise_first(failures: list[FleetinferError]) -> None:
             f"reload failed for {len(failures)} models, still serving the versions loaded "
             "before: " + "; ".join(str(f) for f in failures)
         )
+
+
+def start_server(config: ServerConfig) -> ModelServer:
+    """A started server; one that fails to start is stopped (its socket and threads released)
+    and its `FleetinferError` raised, for `fleetinfer serve` and the node's server process."""
+    server = ModelServer(config)
+    try:
+        server.start()
+    except FleetinferError:
+        server.stop()
+        raise
+    return server
