@@ -39,10 +39,11 @@ def _wait_for_port(port: int, timeout_s: float) -> None:
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """A real moto server over HTTP on a free local port, for the whole session."""
+    """A real moto server over HTTP on a free local port, for the whole session (moto with a
+    cheaper clock: tests/helpers/moto_server.py says why)."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "tests.helpers.moto_server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -20,9 +20,6 @@ from tests.helpers.local_fleet import (
 )
 
 VISIBILITY = "visibility_timeout_s=2&max_receives=20"
-SQS_TASKS = 150
-"""Through moto, one SQS receive and delete cost ~50-100 ms of Python on this machine, so the SQS
-drill runs a twentieth of the tasks; Redis runs all 3,000."""
 
 
 @pytest.fixture(params=["redis", "sqs"])
@@ -34,7 +31,7 @@ def queue(
         url, tasks = f"{redis_url}?queue={unique_name}&{VISIBILITY}", TASKS
     else:
         url = f"sqs://{unique_name}?region=us-east-1&endpoint_url={moto_endpoint}&{VISIBILITY}"
-        tasks = SQS_TASKS
+        tasks = TASKS
     yield url, tasks
     with open_broker(url) as broker:
         broker.purge()
