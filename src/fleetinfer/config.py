@@ -78,6 +78,11 @@ class NodeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server_probe_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     server_probe_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     server_probe_failures: Positive = 3
+    # the model server's layout for every model, over the repository's `[instances] count` and
+    # `intra_op_threads` (`fleetinfer bench` reports the layout it measured: server_instances,
+    # server_threads); None: the repository's
+    server_instances: Positive | None = None
+    server_threads: Positive | None = None
     verbose: bool = False
     labels: dict[str, str] = msgspec.field(default_factory=dict)  # placement: arch, label.<name>
     devices: Positive | None = None  # one model server per device (client = "shared")
@@ -364,6 +369,8 @@ def node_config(settings: NodeSettings) -> NodeConfig:
         server_probe_interval_s=settings.server_probe_interval_s,
         server_probe_timeout_s=settings.server_probe_timeout_s,
         server_probe_failures=settings.server_probe_failures,
+        server_instance_count=settings.server_instances,
+        server_intra_op_threads=settings.server_threads,
         labels=dict(settings.labels),
         devices=settings.devices,
         device_kind=settings.device_kind,

@@ -160,6 +160,27 @@ def test_validate_prints_the_projection_for_this_machine_beside_a_node_run(tmp_p
     assert document["measured_over_projected"] > 0
 
 
+def test_validate_runs_the_node_with_the_model_server_laid_out_as_the_bench_measured(
+    tmp_path: Path,
+) -> None:
+    footprint = {"worker_mib": 60.0, "node_fixed_mib": 50.0, "task_wall_s": 0.05,
+                 "task_cpu_s": 0.05}  # fmt: skip
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({
+        "bench": {"target": "examples.tinyapp.tasks:score", "workers": 2,
+                  "server_instances": 2, "server_threads": 1},
+        "modes": {"shared": {"projection": {"footprint": footprint}, "first_task_s": 1.0}},
+    }))  # fmt: skip
+    code, out, err = _run("plan", "--profile", str(bench), "--validate", "--mode", "shared",
+                          "--target", "examples.tinyapp.tasks:score", "--models",
+                          str(ROOT / "examples/tinyapp/models"), "--payloads",
+                          str(ROOT / "examples/tinyapp/payloads.jsonl"), "--tasks", "6", "--json")  # fmt: skip
+    assert code == ExitCode.OK, err
+    document = json.loads(out.strip().splitlines()[-1])
+    assert document["measured"]["tasks"] == 6
+    assert document["measured"]["server"] == "2 instance(s) x 1 thread(s)"
+
+
 def test_catalog_refresh_without_credentials_exits_with_the_config_code(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

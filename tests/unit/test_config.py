@@ -164,3 +164,13 @@ def test_the_documented_example_is_a_valid_configuration(tmp_path: Path) -> None
         "0.0.0.0",
         "json",
     )
+
+
+def test_the_server_layout_a_bench_measured_reaches_the_node_config(tmp_path: Path) -> None:
+    path = tmp_path / "fleetinfer.toml"
+    path.write_text('[node]\ntarget = "a:b"\nserver_instances = 2\n')
+    settings = load_settings(path, environ={"FLEETINFER_SERVER_THREADS": "1"}, overrides={})
+    config = node_config(settings)
+    assert (config.server_instance_count, config.server_intra_op_threads) == (2, 1)
+    with pytest.raises(ConfigError, match="FLEETINFER_SERVER_INSTANCES: Expected int >= 1"):
+        load_settings(path, environ={"FLEETINFER_SERVER_INSTANCES": "0"}, overrides={})

@@ -391,6 +391,10 @@ def _settings(run: BenchRun, payloads_file: str) -> dict[str, Any]:
         "workers": config.workers,
         "preload": config.preload,
         "thread_budget": config.thread_budget,
+        # the model server's layout in the shared mode (`fleetinfer run --server-instances
+        # --server-threads` runs the same): one model's concurrent executions, threads of each
+        "server_instances": config.server_executions,
+        "server_threads": config.server_threads,
         "threads": {
             "isolated-per-task": f"{config.process_threads} intra-op per process",
             "isolated": f"{config.process_threads} intra-op per worker",

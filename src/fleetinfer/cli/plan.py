@@ -247,7 +247,9 @@ def _validate(task: Any, mode: str, target: str | None, payloads: Path | None,
         f"{n['workers']} workers (bench formula: {p['tasks_per_min']:.1f} with {p['workers']}, "
         f"{p['bound_by']}-bound)\n"
         f"measured `fleetinfer run`: {m['tasks_per_min_steady'] or float('nan'):.1f} tasks/min all "
-        f"busy, {m['tasks_per_min']:.1f} whole run ({m['tasks']} tasks, {m['duration_s']:.1f} s)\n"
+        f"busy, {m['tasks_per_min']:.1f} whole run ({m['tasks']} tasks, {m['duration_s']:.1f} s"
+        + (f"; model server: {m['server']}" if m["server"] else "")
+        + ")\n"
         f"measured ÷ projected: {document['measured_over_projected']:.3f}\n"
         f"the node obtained {m['cores_obtained']:.2f} cores (load {m['loadavg_1m']:.1f}); "
         f"projection at those cores: {document['projection_at_cores_obtained']:.1f} tasks/min "

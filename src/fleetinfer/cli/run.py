@@ -158,6 +158,21 @@ def run(
             help="Failed probes in a row after which the model server is restarted.",
         ),
     ] = None,
+    server_instances: Annotated[
+        int | None,
+        typer.Option(
+            "--server-instances",
+            help="Concurrent executions of each model in the model server, over the "
+            "repository's [instances] count (`fleetinfer bench` reports the layout it measured).",
+        ),
+    ] = None,
+    server_threads: Annotated[
+        int | None,
+        typer.Option(
+            "--server-threads",
+            help="ONNX Runtime intra-op threads of each execution, over the repository's.",
+        ),
+    ] = None,
     json_output: JsonOption = False,
     verbose: Annotated[
         bool | None,
@@ -196,6 +211,8 @@ def run(
         "server_probe_interval_s": server_probe_interval_s,
         "server_probe_timeout_s": server_probe_timeout_s,
         "server_probe_failures": server_probe_failures,
+        "server_instances": server_instances,
+        "server_threads": server_threads,
         "verbose": verbose,
     }
     configure_logging(bool(verbose))

@@ -54,6 +54,8 @@ class TaskProfile:
     model_share: float = DEFAULT_MODEL_SHARE
     launch_s: float = DEFAULT_LAUNCH_S
     bench_workers: int | None = None
+    server_instances: int | None = None  # the shared mode's server layout, as benched
+    server_threads: int | None = None
 
     def mode(self, name: str) -> ModeMeasure:
         if name not in self.modes:
@@ -148,7 +150,14 @@ def profile_from_report(
         modes=modes,
         model_calls_per_task=float(limit.get("model_calls_per_task") or 0.0),
         bench_workers=report.get("bench", {}).get("workers"),
+        server_instances=_positive_int(report.get("bench", {}).get("server_instances")),
+        server_threads=_positive_int(report.get("bench", {}).get("server_threads")),
     )
+
+
+def _positive_int(value: Any) -> int | None:
+    """A count the report holds, or None (an older report, or a mangled one)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _mode_measure(name: str, summary: Any) -> tuple[ModeMeasure | None, str]:

@@ -41,6 +41,7 @@ class NodeRun:
     tasks_per_min: float
     steady_tasks_per_min: float | None
     workers: int
+    server: str  # the model server's layout it ran ("2 instance(s) x 1 thread(s)"; "" without)
     tasks: int
     duration_s: float
     cpu_s: float
@@ -87,6 +88,7 @@ class Validation:
             "measured": {
                 "tasks": run.tasks,
                 "workers": run.workers,
+                "server": run.server,
                 "duration_s": round(run.duration_s, 2),
                 "tasks_per_min": round(run.tasks_per_min, 2),
                 "tasks_per_min_steady": None
@@ -136,9 +138,17 @@ def _cpu_s() -> float:
 
 
 def measure_node(
-    target: str, payloads: Sequence[Any], *, mode: str, models: Path | None, workers: int | None
+    target: str,
+    payloads: Sequence[Any],
+    *,
+    mode: str,
+    models: Path | None,
+    workers: int | None,
+    server_instances: int | None = None,
+    server_threads: int | None = None,
 ) -> NodeRun:
-    """Run one node on the payloads (in this process; its workers and server are children)."""
+    """Run one node on the payloads (in this process; its workers and server are children),
+    with the model server laid out as given (the bench's layout: what the profile measured)."""
     from fleetinfer.node.agent import NodeConfig, run_node
     from fleetinfer.queue import open_broker
     from fleetinfer.results import open_store
@@ -154,7 +164,9 @@ def measure_node(
             send_tasks(broker, resolve_target(target).task_name(), list(payloads), batch_size=10)
         config = NodeConfig(target=target, queue_url=queue_url, results_url=results_url,
                             models=models, client_mode=CLIENT_FOR_MODE[mode], workers=workers,
-                            exit_when_empty=True, metrics_port=None)  # fmt: skip
+                            exit_when_empty=True, metrics_port=None,
+                            server_instance_count=server_instances,
+                            server_intra_op_threads=server_threads)  # fmt: skip
         cpu_before = _cpu_s()
         report = run_node(config)  # SIGTERM / Ctrl-C drain it and stop its server
         cpu_s = _cpu_s() - cpu_before
@@ -167,10 +179,20 @@ def measure_node(
         tasks_per_min=len(finished) * 60.0 / report.duration_s,
         steady_tasks_per_min=steady_tasks_per_min(finished, count),
         workers=count,
+        server=_server_layout(mode, server_instances, server_threads),
         tasks=len(finished),
         duration_s=report.duration_s,
         cpu_s=cpu_s,
         loadavg_1m=os.getloadavg()[0],
+    )
+
+
+def _server_layout(mode: str, instances: int | None, threads: int | None) -> str:
+    if mode != "shared":
+        return ""
+    return (
+        f"{instances or 'repository config'} instance(s) x "
+        f"{threads or 'repository config'} thread(s)"
     )
 
 
@@ -185,6 +207,12 @@ def validate(
 ) -> Validation:
     projection = projection_here(profile, mode)
     run = measure_node(
-        target, payloads, mode=mode, models=models, workers=workers or profile.bench_workers
+        target,
+        payloads,
+        mode=mode,
+        models=models,
+        workers=workers or profile.bench_workers,
+        server_instances=profile.server_instances,
+        server_threads=profile.server_threads,
     )
     return Validation(projection, profile.mode(mode).footprint, run, this_machine().vcpu)
