@@ -158,6 +158,33 @@ def run(
             help="Failed probes in a row after which the model server is restarted.",
         ),
     ] = None,
+    cloudwatch_namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--cloudwatch-namespace",
+            help="Publish the queue's depths (QueueBacklog, …) to CloudWatch in this namespace "
+            "(default: off).",
+        ),
+    ] = None,
+    cloudwatch_region: Annotated[
+        str | None,
+        typer.Option(
+            "--cloudwatch-region", help="Region of those metrics (default: AWS_REGION, profile)."
+        ),
+    ] = None,
+    cloudwatch_endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            "--cloudwatch-endpoint-url", help="CloudWatch endpoint (a VPC endpoint, a test server)."
+        ),
+    ] = None,
+    cloudwatch_interval_s: Annotated[
+        float | None,
+        typer.Option(
+            "--cloudwatch-interval-s",
+            help="Seconds between publishes (default 60; under 60: high resolution).",
+        ),
+    ] = None,
     json_output: JsonOption = False,
     verbose: Annotated[
         bool | None,
@@ -196,6 +223,10 @@ def run(
         "server_probe_interval_s": server_probe_interval_s,
         "server_probe_timeout_s": server_probe_timeout_s,
         "server_probe_failures": server_probe_failures,
+        "cloudwatch_namespace": cloudwatch_namespace,
+        "cloudwatch_region": cloudwatch_region,
+        "cloudwatch_endpoint_url": cloudwatch_endpoint_url,
+        "cloudwatch_interval_s": cloudwatch_interval_s,
         "verbose": verbose,
     }
     configure_logging(bool(verbose))
