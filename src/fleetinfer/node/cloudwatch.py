@@ -177,11 +177,12 @@ class CloudWatchPublisher:
             self.publish()
             self._wake.wait(self.options.interval_s)
             self._wake.clear()
-        self.publish()
+        self.publish(fresh=True)  # what the node leaves behind, not a reading a second old
 
-    def publish(self) -> bool:
-        """One period: read the depths, send them; False when either could not be done."""
-        stats = self.collector.stats()
+    def publish(self, *, fresh: bool = False) -> bool:
+        """One period: read the depths (`fresh`: not the collector's cached reading), send
+        them; False when either could not be done."""
+        stats = self.collector.stats(fresh=fresh)
         if stats is None:
             return False
         data = metric_data(

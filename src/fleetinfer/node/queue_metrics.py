@@ -44,10 +44,11 @@ class QueueCollector:
         self._stats: QueueStats | None = None
         self._read_at = float("-inf")
 
-    def stats(self) -> QueueStats | None:
-        """The latest depths (read again when older than min_interval_s); None if unreadable."""
+    def stats(self, *, fresh: bool = False) -> QueueStats | None:
+        """The latest depths (read again when older than min_interval_s, or when `fresh`);
+        None if unreadable."""
         with self._lock:
-            if time.monotonic() - self._read_at >= self.min_interval_s:
+            if fresh or time.monotonic() - self._read_at >= self.min_interval_s:
                 self._read_at = time.monotonic()
                 try:
                     self._stats = self.broker.stats()
