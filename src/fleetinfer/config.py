@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -34,6 +35,7 @@ from fleetinfer.errors import ConfigError
 
 if TYPE_CHECKING:
     from fleetinfer.node.agent import NodeConfig
+    from fleetinfer.node.cloudwatch import CloudWatchOptions
     from fleetinfer.registry.node import NodeRegistry
 
 CONFIG_FILE = "fleetinfer.toml"
@@ -45,6 +47,8 @@ Positive = Annotated[int, msgspec.Meta(ge=1)]
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
 Port = Annotated[int, msgspec.Meta(ge=-1, le=65535)]
 Nice = Annotated[int, msgspec.Meta(ge=0, le=19)]
+CLOUDWATCH_NAMESPACE = re.compile(r"^[0-9A-Za-z.\-_/#: ]{1,255}$")
+AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
 
 
 class NodeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -91,6 +95,10 @@ class NodeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     registry_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     node_name: str | None = None  # default: the hostname
     attributes: str = ""  # overrides of detected ones: "instance_type=c7i.4xlarge,lifecycle=spot"
+    cloudwatch_namespace: str | None = None  # publish queue depths to CloudWatch; None, "": off
+    cloudwatch_region: str | None = None  # None: boto3's default chain (AWS_REGION, profile, …)
+    cloudwatch_endpoint_url: str | None = None  # a VPC endpoint, or a test's moto server
+    cloudwatch_interval_s: Annotated[float, msgspec.Meta(ge=1)] = 60.0  # < 60: high resolution
 
     def secrets(self) -> dict[str, str]:
         """The passwords the settings point to, by URL key (read now: a file or a variable)."""
@@ -118,7 +126,7 @@ class NodeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         shown: dict[str, Any] = msgspec.to_builtins(self)
         for key in SECRET_URL_KEYS:
             shown[key] = mask_url(shown[key])
-        for key in ("spot_endpoint", "triton_url"):
+        for key in ("spot_endpoint", "triton_url", "cloudwatch_endpoint_url"):
             if shown[key] is not None:
                 shown[key] = mask_url(shown[key])
         return shown
@@ -236,6 +244,10 @@ def _typed(
             values[key] = msgspec.convert(value, type=_FIELD_TYPES[key], strict=strict)
         except msgspec.ValidationError as exc:
             errors.append(f"{where}: {_expected(_FIELD_TYPES[key], exc)} (got {value!r})")
+            continue
+        problem = _value_problem(key, values[key])
+        if problem is not None:
+            errors.append(f"{where}: {problem} (got {value!r})")
     return values, errors
 
 
@@ -243,6 +255,43 @@ def _expected(kind: Any, exc: msgspec.ValidationError) -> str:
     if get_origin(kind) is Literal:
         return "expected one of " + ", ".join(str(v) for v in get_args(kind))
     return str(exc).replace("`", "")
+
+
+def namespace_problem(namespace: str) -> str | None:
+    """What is wrong with a CloudWatch namespace (None: nothing); "" is allowed: no publishing."""
+    if namespace == "":
+        return None
+    if not CLOUDWATCH_NAMESPACE.match(namespace) or namespace.isspace():
+        return "expected a CloudWatch namespace: 1 to 255 of letters, digits, space and . - _ / # :"
+    if namespace.startswith(("AWS/", ":")):
+        return "a CloudWatch namespace must not start with AWS/ (kept for AWS) or a colon"
+    return None
+
+
+def _region_problem(region: str) -> str | None:
+    if AWS_REGION.match(region):
+        return None
+    return "expected an AWS region name such as us-east-1 or eu-central-2"
+
+
+def _endpoint_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return None
+    return "expected an http(s) URL such as https://monitoring.us-east-1.amazonaws.com"
+
+
+_VALUE_CHECKS: dict[str, Callable[[str], str | None]] = {
+    "cloudwatch_namespace": namespace_problem,
+    "cloudwatch_region": _region_problem,
+    "cloudwatch_endpoint_url": _endpoint_problem,
+}
+
+
+def _value_problem(key: str, value: Any) -> str | None:
+    """What a value of the right type still gets wrong (a CloudWatch namespace's characters)."""
+    check = _VALUE_CHECKS.get(key)
+    return None if check is None or value is None else check(value)
 
 
 def _where(prefix: str, key: str) -> str:
@@ -376,6 +425,20 @@ def node_config(settings: NodeSettings) -> NodeConfig:
         device_kind=settings.device_kind,
         progress=settings.log_format == "text",  # JSON logs are for machines: no live line
         registry=_node_registry(settings),
+        cloudwatch=_cloudwatch(settings),
+    )
+
+
+def _cloudwatch(settings: NodeSettings) -> CloudWatchOptions | None:
+    if not settings.cloudwatch_namespace:
+        return None
+    from fleetinfer.node.cloudwatch import CloudWatchOptions
+
+    return CloudWatchOptions(
+        namespace=settings.cloudwatch_namespace,
+        region=settings.cloudwatch_region,
+        endpoint_url=settings.cloudwatch_endpoint_url,
+        interval_s=settings.cloudwatch_interval_s,
     )
 
 

@@ -1,15 +1,24 @@
 """The rendered ECS requests, sent to a moto server (ecs, application-autoscaling, cloudwatch)
-and read back: what moto accepts and stores is what the files say."""
+and read back: what moto accepts and stores is what the files say; and the backlog metric the
+stored scaling policy reads is the one a node configured by the task definition publishes."""
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
+from prometheus_client import CollectorRegistry
 
+from fleetinfer.config import load_settings, node_config
 from fleetinfer.deploy import load_deployment, render_files
+from fleetinfer.node.cloudwatch import CloudWatchPublisher, open_cloudwatch
+from fleetinfer.node.queue_metrics import QueueCollector
+from fleetinfer.queue import open_broker
+from fleetinfer.queue.placed import PlacedBroker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,3 +136,78 @@ def test_an_sqs_queue_scales_ecs_on_sqs_metrics_registered_in_moto(
     queries = alarm["MetricAlarms"][0]["Metrics"]
     assert [q["Id"] for q in queries] == ["visible", "in_flight", "backlog"]
     assert queries[2]["Expression"] == "visible + in_flight"
+
+
+def _stored_policy_metrics(
+    moto_endpoint: str, files: dict[str, Any], name: str
+) -> list[dict[str, Any]]:
+    """The metric-math queries of the target tracking, as application-autoscaling stored them."""
+    ecs = boto3.client("ecs", endpoint_url=moto_endpoint, region_name="us-east-1")
+    ecs.create_cluster(clusterName=name)
+    ecs.register_task_definition(**files["task-definition.json"])
+    ecs.create_service(**files["service.json"])
+    autoscaling = boto3.client(
+        "application-autoscaling", endpoint_url=moto_endpoint, region_name="us-east-1"
+    )
+    scaling = files["scaling.json"]
+    autoscaling.register_scalable_target(**scaling["registerScalableTarget"])
+    autoscaling.put_scaling_policy(**scaling["putScalingPolicy"])
+    policy = autoscaling.describe_scaling_policies(
+        ServiceNamespace="ecs", ResourceId=scaling["registerScalableTarget"]["ResourceId"]
+    )["ScalingPolicies"][0]
+    metrics: list[dict[str, Any]] = policy["TargetTrackingScalingPolicyConfiguration"][
+        "CustomizedMetricSpecification"
+    ]["Metrics"]
+    return metrics
+
+
+def test_the_backlog_the_ecs_policy_reads_is_what_a_node_of_the_task_publishes(
+    moto_endpoint: str,
+    unique_name: str,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queue = f"{redis_url}?queue={unique_name}"
+    files = _rendered(tmp_path, unique_name, queue=queue)
+    # the node as the task starts it (its environment), with moto as CloudWatch
+    container = files["task-definition.json"]["containerDefinitions"][0]
+    environ = {e["name"]: e["value"] for e in container["environment"]}
+    environ["FLEETINFER_CLOUDWATCH_ENDPOINT_URL"] = moto_endpoint
+    for secret in container["secrets"]:
+        monkeypatch.setenv(secret["name"], "from Secrets Manager")
+    options = node_config(load_settings(None, environ=environ, cwd=tmp_path / "empty")).cloudwatch
+    assert options is not None
+    with open_broker(queue) as broker:  # the node's queue (the test's Redis needs no password)
+        try:
+            broker.send_batch([1, 2, 3])
+            collector = QueueCollector(PlacedBroker(broker, {}))  # what the agent watches
+            publisher = CloudWatchPublisher(
+                open_cloudwatch(options), collector, options, CollectorRegistry()
+            )
+            assert publisher.publish()
+        finally:
+            broker.purge()
+
+    cloudwatch = boto3.client("cloudwatch", endpoint_url=moto_endpoint, region_name="us-east-1")
+    queries = _stored_policy_metrics(moto_endpoint, files, unique_name)
+    read = [q["MetricStat"]["Metric"] for q in queries if "MetricStat" in q]
+    [backlog] = [m for m in read if m["Namespace"] != "ECS/ContainerInsights"]
+    published = cloudwatch.list_metrics(
+        Namespace=backlog["Namespace"], MetricName=backlog["MetricName"]
+    )["Metrics"]
+    assert {"Namespace": backlog["Namespace"], "MetricName": backlog["MetricName"],
+            "Dimensions": backlog["Dimensions"]} in published  # fmt: skip
+    now = datetime.datetime.now(datetime.UTC)
+    [point] = cloudwatch.get_metric_statistics(
+        **{k: backlog[k] for k in ("Namespace", "MetricName", "Dimensions")},
+        StartTime=now - datetime.timedelta(minutes=10), EndTime=now + datetime.timedelta(minutes=1),
+        Period=60, Statistics=["Maximum"],  # what the policy's MetricStat asks for
+    )["Datapoints"]  # fmt: skip
+    assert point["Maximum"] == 3.0
+    stat = next(q["MetricStat"]["Stat"] for q in queries if q.get("Id") == "backlog")
+    assert stat == "Maximum"
+    alarm = files["scaling.json"]["putMetricAlarm"]
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Dimensions"]) == (
+        backlog["Namespace"], backlog["MetricName"], backlog["Dimensions"]
+    )  # fmt: skip

@@ -16,12 +16,13 @@ import yaml
 from typer.testing import CliRunner
 
 from fleetinfer.cli.app import app
-from fleetinfer.config import load_settings
+from fleetinfer.config import load_settings, node_config
 from fleetinfer.deploy import load_deployment, render_files
 from fleetinfer.deploy.ecs import task_definition
 from fleetinfer.deploy.kubernetes import render as render_kubernetes
 from fleetinfer.deploy.text import to_yaml
 from fleetinfer.errors import ConfigError
+from fleetinfer.node.cloudwatch import BACKLOG_METRIC
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "fleetinfer.toml"
@@ -195,6 +196,77 @@ def test_configmap_and_ecs_environment_give_the_node_the_same_settings(
     assert from_env.workers == original.workers
     assert from_env.metrics_port == original.metrics_port
     assert from_env.queue_password_env == "FLEETINFER_QUEUE_PASSWORD"
+
+
+def _environment(config: Path) -> dict[str, str]:
+    container = task_definition(load_deployment(config))["containerDefinitions"][0]
+    return {e["name"]: e["value"] for e in container["environment"]}
+
+
+def _policy_metrics(config: Path) -> list[dict[str, Any]]:
+    scaling = render_files("ecs", load_deployment(config))["scaling.json"]
+    queries = json.loads(scaling)["putScalingPolicy"]["TargetTrackingScalingPolicyConfiguration"]
+    return [
+        q["MetricStat"]["Metric"]
+        for q in queries["CustomizedMetricSpecification"]["Metrics"]
+        if "MetricStat" in q
+    ]
+
+
+def test_an_ecs_node_on_redis_publishes_the_backlog_its_scaling_policy_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = _example_text().replace('region = "us-east-1"', 'region = "eu-west-1"')
+    text = text.replace(
+        'cluster = "fleetinfer"', 'cluster = "fleetinfer"\nmetric_namespace = "Fleet/x"'
+    )
+    config = _config(tmp_path, text)
+    environ = _environment(config)
+    assert environ["FLEETINFER_CLOUDWATCH_NAMESPACE"] == "Fleet/x"
+    assert environ["FLEETINFER_CLOUDWATCH_REGION"] == "eu-west-1"
+    for secret in ("FLEETINFER_QUEUE_PASSWORD", "FLEETINFER_RESULTS_PASSWORD"):
+        monkeypatch.setenv(secret, "from Secrets Manager")
+    settings = load_settings(None, environ=environ, cwd=tmp_path / "empty")  # as the task runs
+    publishing = node_config(settings).cloudwatch
+    assert publishing is not None
+    [backlog] = [m for m in _policy_metrics(config) if m["MetricName"] == BACKLOG_METRIC]
+    assert backlog["Namespace"] == publishing.namespace
+    assert backlog["Dimensions"] == [{"Name": "Queue", "Value": "segments"}]
+
+
+def test_an_ecs_node_on_sqs_publishes_nothing_unless_its_node_table_asks(tmp_path: Path) -> None:
+    sqs = _example_text().replace(
+        "redis://queue.internal:6379/0?queue=segments", "sqs://segments?region=us-east-1"
+    )
+    assert not [k for k in _environment(_config(tmp_path, sqs)) if "CLOUDWATCH" in k]
+    assert {m["Namespace"] for m in _policy_metrics(_config(tmp_path, sqs))} == {
+        "AWS/SQS", "ECS/ContainerInsights"
+    }  # fmt: skip
+    asked = sqs.replace('log_format = "json"', 'log_format = "json"\ncloudwatch_namespace = "Mine"')
+    environ = _environment(_config(tmp_path, asked))
+    assert environ["FLEETINFER_CLOUDWATCH_NAMESPACE"] == "Mine"
+    assert "FLEETINFER_CLOUDWATCH_REGION" not in environ  # boto3's own chain, as written
+
+
+def test_a_node_namespace_the_ecs_policy_does_not_read_is_refused(tmp_path: Path) -> None:
+    text = _example_text().replace(
+        'log_format = "json"', 'log_format = "json"\ncloudwatch_namespace = "Other"'
+    )
+    with pytest.raises(ConfigError, match=r"node\.cloudwatch_namespace 'Other' is not deploy\.ecs"):
+        render_files("ecs", load_deployment(_config(tmp_path, text)))
+    render_files("kubernetes", load_deployment(_config(tmp_path, text)))  # KEDA reads Redis
+    off = _example_text().replace(
+        'log_format = "json"', 'log_format = "json"\ncloudwatch_namespace = ""'
+    )  # the user publishes QueueBacklog another way
+    assert "FLEETINFER_CLOUDWATCH_REGION" not in _environment(_config(tmp_path, off))
+
+
+def test_a_metric_namespace_cloudwatch_would_refuse_names_its_key(tmp_path: Path) -> None:
+    text = _example_text().replace(
+        'cluster = "fleetinfer"', 'cluster = "fleetinfer"\nmetric_namespace = "AWS/Fleet"'
+    )
+    message = _error(tmp_path, text)
+    assert "deploy.ecs.metric_namespace: a CloudWatch namespace must not start with AWS/" in message
 
 
 def test_accelerators_get_one_model_server_per_device(tmp_path: Path) -> None:

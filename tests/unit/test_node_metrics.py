@@ -10,6 +10,7 @@ from typing import Any
 
 from fleetinfer.node.metrics import NodeMetrics
 from fleetinfer.queue import open_broker
+from fleetinfer.queue.placed import PlacedBroker
 
 
 def test_a_task_released_for_a_model_the_node_lacks_is_counted_as_unserved() -> None:
@@ -36,6 +37,15 @@ def test_queue_gauges_show_each_state_and_the_oldest_message_age(tmp_path: Path)
         line for line in text.splitlines() if line.startswith("fleetinfer_queue_oldest_message")
     ]
     assert float(age_line.rsplit(" ", 1)[1]) >= 0.2
+
+
+def test_the_gauges_of_a_nodes_placed_queues_carry_the_base_queues_name(tmp_path: Path) -> None:
+    metrics = NodeMetrics()
+    with open_broker(f"sqlite:///{tmp_path}/q.db?queue=segments") as broker:
+        broker.send_batch([1, 2])
+        metrics.watch_queue(PlacedBroker(broker, {}))  # what the agent watches
+        text = metrics.exposition().decode()
+    assert 'fleetinfer_queue_messages{queue="segments",state="visible"} 2.0' in text
 
 
 def test_another_processs_metrics_are_appended_and_a_dead_one_adds_nothing() -> None:

@@ -118,3 +118,14 @@ def test_missing_driver_names_the_extra_to_install(
     monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(MissingExtraError, match=rf"fleetinfer\[{extra}\]"):
         open_broker(url)
+
+
+def test_the_cli_prints_the_extra_to_install_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from fleetinfer.cli.app import app
+
+    monkeypatch.setitem(sys.modules, "redis", None)
+    done = CliRunner().invoke(app, ["status", "--queue", "redis://127.0.0.1:6379/0"])
+    assert done.exit_code == 3, done.output
+    assert "pip install 'fleetinfer[redis]'" in done.output  # not read as rich markup

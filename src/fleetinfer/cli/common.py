@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fleetinfer.errors import ConfigError, FleetinferError, InputError, TransientError
 from fleetinfer.node.agent import DEFAULT_QUEUE_URL, DEFAULT_RESULTS_URL
@@ -76,7 +77,7 @@ def exit_on_error() -> Iterator[None]:
     try:
         yield
     except FleetinferError as exc:
-        stderr.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         raise typer.Exit(exit_code_for(exc)) from None
     except KeyboardInterrupt:
         stderr.print("interrupted")

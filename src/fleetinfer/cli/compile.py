@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fleetinfer.cli.common import (
@@ -208,7 +209,7 @@ def _run_compile(
         with _quiet_stdout(json_output):
             result = compile_model(request, calibration=source, evaluator=evaluator, on_step=step)
     except AccuracyGateError as exc:
-        stderr.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         raise typer.Exit(ExitCode.GATE) from None
     _report_compile(result, json_output)
     if result.manifest.accuracy.gate == "failed":

@@ -173,6 +173,33 @@ def run(
             help="ONNX Runtime intra-op threads of each execution, over the repository's.",
         ),
     ] = None,
+    cloudwatch_namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--cloudwatch-namespace",
+            help="Publish the queue's depths (QueueBacklog, …) to CloudWatch in this namespace "
+            "(default: off).",
+        ),
+    ] = None,
+    cloudwatch_region: Annotated[
+        str | None,
+        typer.Option(
+            "--cloudwatch-region", help="Region of those metrics (default: AWS_REGION, profile)."
+        ),
+    ] = None,
+    cloudwatch_endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            "--cloudwatch-endpoint-url", help="CloudWatch endpoint (a VPC endpoint, a test server)."
+        ),
+    ] = None,
+    cloudwatch_interval_s: Annotated[
+        float | None,
+        typer.Option(
+            "--cloudwatch-interval-s",
+            help="Seconds between publishes (default 60; under 60: high resolution).",
+        ),
+    ] = None,
     json_output: JsonOption = False,
     verbose: Annotated[
         bool | None,
@@ -213,6 +240,10 @@ def run(
         "server_probe_failures": server_probe_failures,
         "server_instances": server_instances,
         "server_threads": server_threads,
+        "cloudwatch_namespace": cloudwatch_namespace,
+        "cloudwatch_region": cloudwatch_region,
+        "cloudwatch_endpoint_url": cloudwatch_endpoint_url,
+        "cloudwatch_interval_s": cloudwatch_interval_s,
         "verbose": verbose,
     }
     configure_logging(bool(verbose))

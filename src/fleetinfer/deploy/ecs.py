@@ -4,7 +4,8 @@
                               and PutClusterCapacityProviders (the default strategy)
     task-definition.json      RegisterTaskDefinition: one container per device (one model server
                               per device) or one for CPU; settings as FLEETINFER_* variables,
-                              passwords from Secrets Manager, /dev/shm sized from the model
+                              passwords from Secrets Manager, /dev/shm sized from the model; for
+                              a Redis queue the node publishes the backlog the scaling reads
     service.json              CreateService: the capacity provider strategy, placement by
                               `attribute:ecs.cpu-architecture` and instance type
     scaling.json              RegisterScalableTarget, PutScalingPolicy (target tracking on the
@@ -12,10 +13,9 @@
 
 The backlog per task is metric math: queued + in flight (for an SQS queue SQS's own
 `ApproximateNumberOfMessagesVisible` + `…NotVisible`; for Redis `QueueBacklog`, namespace
-`deploy.ecs.metric_namespace`, dimension `Queue`: the custom metric the node's exporter publishes,
-the gauges `fleetinfer_queue_messages{state=visible|in_flight|delayed}` summed, docs/deploy.md),
-divided by the service's `RunningTaskCount` (Container Insights). Its target is the backlog
-policy's.
+`deploy.ecs.metric_namespace`, dimension `Queue`: what each node publishes itself, visible + in
+flight + delayed, `fleetinfer.node.cloudwatch`; the task's environment turns that on), divided by
+the service's `RunningTaskCount` (Container Insights). Its target is the backlog policy's.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fleetinfer.config import NodeSettings, env_name
+from fleetinfer.config import env_name
 from fleetinfer.deploy.settings import Deployment
+from fleetinfer.errors import ConfigError
+from fleetinfer.node.cloudwatch import BACKLOG_METRIC, QUEUE_DIMENSION
 from fleetinfer.plan.policy import BacklogPolicy
 
 ECS_ARCH = {"amd64": "x86_64", "arm64": "arm64"}
@@ -33,6 +35,7 @@ CEILING_ALARM_MINUTES = 15
 
 
 def render(d: Deployment) -> dict[str, Any]:
+    _check_publishing(d)
     return {
         "capacity-providers.json": capacity_providers(d),
         "task-definition.json": task_definition(d),
@@ -105,7 +108,7 @@ def _container(d: Deployment, index: int, count: int) -> dict[str, Any]:
         "memoryReservation": d.memory_mib,
         "memory": d.memory_mib + d.shm_mib,
         "portMappings": [{"containerPort": port, "hostPort": port, "protocol": "tcp"}],
-        "environment": _environment(d.node, d.node_table, port),
+        "environment": _environment(d, port),
         "healthCheck": _health_check(d, port),
         "stopTimeout": min(120, d.termination_grace_s),
         "linuxParameters": _linux_parameters(d, index),
@@ -122,14 +125,39 @@ def _container(d: Deployment, index: int, count: int) -> dict[str, Any]:
     return container
 
 
-def _environment(node: NodeSettings, table: dict[str, Any], port: int) -> list[dict[str, str]]:
-    """Every [node] key as written, as FLEETINFER_*; password files become variables."""
-    values = {k: v for k, v in table.items() if not k.endswith("_password_file")}
+def _environment(d: Deployment, port: int) -> list[dict[str, str]]:
+    """Every [node] key as written, as FLEETINFER_*; password files become variables; for a
+    Redis queue, the CloudWatch publisher of the metric the scaling policy reads."""
+    values = {k: v for k, v in d.node_table.items() if not k.endswith("_password_file")}
     values["metrics_port"] = port
     for key in SECRET_VARIABLES:
-        if getattr(node, f"{key}_password_file") or getattr(node, f"{key}_password_env"):
+        if getattr(d.node, f"{key}_password_file") or getattr(d.node, f"{key}_password_env"):
             values[f"{key}_password_env"] = SECRET_VARIABLES[key]
+    values |= _publishing(d)
     return [{"name": env_name(k), "value": _text(v)} for k, v in sorted(values.items())]
+
+
+def _publishing(d: Deployment) -> dict[str, Any]:
+    """For a Redis queue each node publishes `QueueBacklog` where the scaling policy reads it
+    (an SQS queue has SQS's own metrics: nothing, unless [node] asks for it)."""
+    if d.queue.kind == "sqs" or "cloudwatch_namespace" in d.node_table:
+        return {}
+    return {
+        "cloudwatch_namespace": d.deploy.ecs.metric_namespace,
+        "cloudwatch_region": d.node.cloudwatch_region or d.deploy.region,
+    }
+
+
+def _check_publishing(d: Deployment) -> None:
+    """A [node] namespace of its own for a Redis queue would leave the scaling policy no data."""
+    namespace = d.node.cloudwatch_namespace
+    if d.queue.kind == "sqs" or not namespace or namespace == d.deploy.ecs.metric_namespace:
+        return
+    raise ConfigError(
+        f"node.cloudwatch_namespace {namespace!r} is not deploy.ecs.metric_namespace "
+        f"{d.deploy.ecs.metric_namespace!r}, where the ECS scaling policy reads QueueBacklog: "
+        "make them the same, or remove node.cloudwatch_namespace"
+    )
 
 
 def _text(value: Any) -> str:
@@ -219,7 +247,7 @@ def _target_per_task(policy: BacklogPolicy, nodes_per_task: int) -> float:
 
 def _backlog_per_task(d: Deployment) -> list[dict[str, Any]]:
     """Queued + in flight, divided by the running tasks: SQS's own metrics for an SQS queue,
-    else `QueueBacklog`, the custom metric the node's exporter publishes."""
+    else `QueueBacklog`, the custom metric each node publishes (`fleetinfer.node.cloudwatch`)."""
     tasks = {"Namespace": "ECS/ContainerInsights", "MetricName": "RunningTaskCount",
              "Dimensions": [{"Name": "ClusterName", "Value": d.deploy.ecs.cluster},
                             {"Name": "ServiceName", "Value": d.deploy.name}]}  # fmt: skip
@@ -247,8 +275,8 @@ def _backlog_metrics(d: Deployment) -> list[tuple[str, dict[str, Any], str]]:
 
 
 def _backlog_metric(d: Deployment) -> dict[str, Any]:
-    return {"Namespace": d.deploy.ecs.metric_namespace, "MetricName": "QueueBacklog",
-            "Dimensions": [{"Name": "Queue", "Value": d.queue.name}]}  # fmt: skip
+    return {"Namespace": d.deploy.ecs.metric_namespace, "MetricName": BACKLOG_METRIC,
+            "Dimensions": [{"Name": QUEUE_DIMENSION, "Value": d.queue.name}]}  # fmt: skip
 
 
 def _stat(
@@ -284,6 +312,4 @@ def _ceiling_alarm(d: Deployment) -> dict[str, Any]:
             entry["MetricStat"]["Period"] = entry.pop("Period")
         total = {"Id": "backlog", "Expression": "visible + in_flight", "ReturnData": True}
         return alarm | {"Metrics": [*metrics, total]}
-    return alarm | {"Namespace": d.deploy.ecs.metric_namespace, "MetricName": "QueueBacklog",
-                    "Dimensions": [{"Name": "Queue", "Value": d.queue.name}],
-                    "Statistic": "Maximum", "Period": 60}  # fmt: skip
+    return alarm | _backlog_metric(d) | {"Statistic": "Maximum", "Period": 60}

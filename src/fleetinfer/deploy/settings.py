@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
-from fleetinfer.config import ConfigFile, NodeSettings, load_config_file
+from fleetinfer.config import ConfigFile, NodeSettings, load_config_file, namespace_problem
 from fleetinfer.errors import ConfigError
 from fleetinfer.plan.catalog import Catalog, InstanceType, load_catalog
 from fleetinfer.plan.policy import BacklogPolicy, policy_for
@@ -237,9 +237,18 @@ def _derive(
         )
     if deploy.min_nodes > deploy.max_nodes:
         errors.append("deploy.min_nodes: must not exceed deploy.max_nodes")
+    errors += _metric_namespace_errors(deploy.ecs.metric_namespace)
     if errors or queue is None:
         raise ConfigError(_report(errors))
     return _sized(node, node_table, deploy, profile, queue, workers)
+
+
+def _metric_namespace_errors(namespace: str) -> list[str]:
+    """The namespace the nodes publish to and the ECS policy reads: one CloudWatch takes."""
+    problem = namespace_problem(namespace) if namespace else "expected a CloudWatch namespace"
+    return (
+        [] if problem is None else [f"deploy.ecs.metric_namespace: {problem} (got {namespace!r})"]
+    )
 
 
 def _memory_mib(profile: TaskProfile, mode: str, workers: int) -> int:

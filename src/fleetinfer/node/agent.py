@@ -1,6 +1,7 @@
 """The node agent: `run_node(NodeConfig(...))` runs one machine's workers until it drains.
 
-    start   check the target and the URLs, serve /metrics and /healthz, watch for spot notices
+    start   check the target and the URLs, serve /metrics and /healthz, watch for spot notices,
+            publish the queue's depths to CloudWatch (with node.cloudwatch_namespace)
     size    start one worker, measure its warm PSS, N = min(by cores, by memory) (or --workers)
     watch   restart crashed workers; with exit_when_empty, drain once the queue has nothing left
     drain   on SIGTERM / SIGINT (to the agent or to any process of the node) / spot notice /
@@ -43,6 +44,7 @@ from fleetinfer.node.worker import WorkerConfig
 from fleetinfer.queue.base import MAX_MESSAGE_BYTES, Broker
 
 if TYPE_CHECKING:
+    from fleetinfer.node.cloudwatch import CloudWatchOptions, CloudWatchPublisher
     from fleetinfer.registry.node import NodeRegistry
 
 log = logging.getLogger("fleetinfer.node")
@@ -96,6 +98,7 @@ class NodeConfig:
     devices: int | None = None  # with a model server: one per device (node/placement.py)
     device_kind: str = "cpu"
     registry: NodeRegistry | None = None  # reconcile with a model registry (docs/rollout.md)
+    cloudwatch: CloudWatchOptions | None = None  # publish queue depths (node/cloudwatch.py)
 
     def __post_init__(self) -> None:
         ModelDeadlines.parse(self.model_deadlines)  # a ConfigError now, not in every worker
@@ -225,6 +228,7 @@ class NodeAgent:
         self._server: ModelServerProcess | None = None
         self._servers: list[ModelServerProcess] = []  # one per device (`devices`)
         self._broker: Broker | None = None
+        self._cloudwatch: CloudWatchPublisher | None = None
         self._reconciler: Any = None  # fleetinfer.registry.reconcile.Reconciler
         self._empty_checks = 0
         self._started = False
@@ -265,8 +269,15 @@ class NodeAgent:
         from fleetinfer.node import preflight
         from fleetinfer.queue.placed import PlacedBroker
 
+        cloudwatch = preflight.check_cloudwatch(self.config)  # before the queue opens
         self._broker = PlacedBroker(preflight.check_node(self.config), self.config.attributes)
-        self.metrics.watch_queue(self._broker)
+        collector = self.metrics.watch_queue(self._broker)
+        if self.config.cloudwatch is not None:
+            from fleetinfer.node.cloudwatch import CloudWatchPublisher
+
+            self._cloudwatch = CloudWatchPublisher(
+                cloudwatch, collector, self.config.cloudwatch, self.metrics.registry
+            )
 
     def _start_services(self) -> None:
         remove_leftovers()
@@ -281,6 +292,8 @@ class NodeAgent:
                 health=self.health,
                 ready=self.readiness,
             ).start()
+        if self._cloudwatch is not None:
+            self._cloudwatch.start()  # its first reading now, not after the models load
         self._start_model_server()
         self._start_reconcile()
         if self.config.spot_endpoint is not None:
@@ -392,6 +405,8 @@ class NodeAgent:
 
     def _drain(self) -> None:
         self.metrics.draining.set(1)
+        if self._cloudwatch is not None:
+            self._cloudwatch.publish_soon()
         log.info("draining: %s; grace %.0f s", self.drain.reason, self.config.grace_s)
         self.supervisor.stop(self.config.kill_after_s, hurry=self.drain.hurry)
         self.metrics.workers_alive.set(0)
@@ -407,6 +422,8 @@ class NodeAgent:
                 server.cleanup()
         if self._spot is not None:
             self._spot.stop()
+        if self._cloudwatch is not None:
+            self._cloudwatch.stop()  # a last reading, while the queue is still open
         if self._health is not None:
             self._health.stop()
         if self._broker is not None:

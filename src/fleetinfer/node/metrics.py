@@ -10,7 +10,10 @@ Workers report each task on their event pipe; the agent counts here:
     fleetinfer_node_draining                     1 once a drain (SIGTERM, spot notice) began
 
 With a queue (`watch_queue`) the depth gauges of `queue_metrics.py` join them, and with a model
-server (`add_scrape`) its `nv_inference_*` metrics are appended to the same exposition.
+server (`add_scrape`) its `nv_inference_*` metrics are appended to the same exposition. A node
+that publishes its queue depths to CloudWatch (`cloudwatch.py`) adds
+
+    fleetinfer_cloudwatch_publish_errors_total   PutMetricData calls that failed
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ import logging
 import threading
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from fleetinfer.queue.base import Broker
+
+if TYPE_CHECKING:
+    from fleetinfer.node.queue_metrics import QueueCollector
 
 log = logging.getLogger("fleetinfer.node")
 SCRAPE_TIMEOUT_S = 1.0
@@ -89,11 +95,14 @@ class NodeMetrics:
         )
         self._scrapes: list[Callable[[], str | None]] = []
 
-    def watch_queue(self, broker: Broker) -> None:
-        """Export the queue's depths and the age of its oldest message (read on each scrape)."""
+    def watch_queue(self, broker: Broker) -> QueueCollector:
+        """Export the queue's depths and the age of its oldest message (read on each scrape);
+        the collector is returned for whatever else reads the depths (CloudWatch)."""
         from fleetinfer.node.queue_metrics import QueueCollector
 
-        self.registry.register(QueueCollector(broker))
+        collector = QueueCollector(broker)
+        self.registry.register(collector)
+        return collector
 
     def add_scrape(self, url: Callable[[], str | None]) -> None:
         """Append what `url()` serves (another process's /metrics, e.g. the model server's) to

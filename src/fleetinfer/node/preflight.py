@@ -8,6 +8,8 @@
                ready and has each one ready
     queue      the broker answers (its depths are read)
     results    the store answers (a lookup)
+    cloudwatch with node.cloudwatch_namespace: boto3 is installed and a region is known
+               (`check_cloudwatch`, run first: it gives the agent its client)
 
 A failure is a `ConfigError` (exit 3: fix the configuration) or a `TransientError` (exit 5:
 a service is unavailable, retry later) whose message is one line naming the problem. No message
@@ -24,7 +26,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fleetinfer.config import mask_url
 from fleetinfer.errors import (
@@ -233,6 +235,21 @@ def _triton_status(url: str, path: str) -> int:
         raise ConfigError(f"--triton-url {url!r} is not HOST:PORT ({exc})") from exc
     finally:
         connection.close()
+
+
+# -- cloudwatch ----------------------------------------------------------------------------
+
+
+def check_cloudwatch(config: NodeConfig) -> Any:
+    """The CloudWatch client the node publishes its queue depths with; None when it does not
+    publish. Without boto3 a `MissingExtraError`, without a region a `ConfigError`: the node
+    stops before it opens its queue (credentials are looked up on the first publish)."""
+    if config.cloudwatch is None:
+        return None
+    from fleetinfer.node.cloudwatch import open_cloudwatch
+
+    with one_line_errors(config):
+        return open_cloudwatch(config.cloudwatch)
 
 
 # -- results -------------------------------------------------------------------------------

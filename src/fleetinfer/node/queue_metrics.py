@@ -4,8 +4,8 @@
     fleetinfer_queue_oldest_message_age_seconds{queue}  how long ago the oldest visible message
                                                         was sent (0 when none; absent on SQS)
 
-These are what an autoscaler scales on (KEDA, a CloudWatch alarm): the backlog and how long it
-has waited. Readings are cached for `min_interval_s`, so frequent scrapes cost one broker round
+These are what an autoscaler scales on (KEDA, the node's CloudWatch metrics of `cloudwatch.py`):
+the backlog and how long it has waited. Readings are cached for `min_interval_s`, so frequent scrapes cost one broker round
 trip a second at most; a broker that does not answer leaves the gauges out of that scrape.
 """
 
@@ -44,15 +44,16 @@ class QueueCollector:
         self._stats: QueueStats | None = None
         self._read_at = float("-inf")
 
-    def stats(self) -> QueueStats | None:
-        """The latest depths (read again when older than min_interval_s); None if unreadable."""
+    def stats(self, *, fresh: bool = False) -> QueueStats | None:
+        """The latest depths (read again when older than min_interval_s, or when `fresh`);
+        None if unreadable."""
         with self._lock:
-            if time.monotonic() - self._read_at >= self.min_interval_s:
+            if fresh or time.monotonic() - self._read_at >= self.min_interval_s:
                 self._read_at = time.monotonic()
                 try:
                     self._stats = self.broker.stats()
                 except TransientError as exc:
-                    log.warning("cannot read queue depths for /metrics: %s", exc)
+                    log.warning("cannot read queue depths (for /metrics, CloudWatch): %s", exc)
                     self._stats = None
             return self._stats
 

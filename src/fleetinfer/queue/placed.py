@@ -41,6 +41,7 @@ class PlacedBroker(Broker):
     ) -> None:
         self.base = base
         self.url = base.url
+        self.queue: str | None = getattr(base, "queue", None)  # its name, for /metrics
         self.visibility_timeout_s = base.visibility_timeout_s
         self.max_receives = base.max_receives
         self.attributes = dict(attributes)
