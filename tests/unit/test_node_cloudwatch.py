@@ -11,14 +11,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from fleetinfer.config import load_settings, node_config
-from fleetinfer.errors import ConfigError, MissingExtraError
+from fleetinfer.errors import BrokerUnavailableError, ConfigError, MissingExtraError
 from fleetinfer.node.agent import NodeConfig
 from fleetinfer.node.cloudwatch import (
     BACKLOG_METRIC,
@@ -30,7 +30,7 @@ from fleetinfer.node.cloudwatch import (
 from fleetinfer.node.preflight import check_cloudwatch
 from fleetinfer.node.queue_metrics import QueueCollector
 from fleetinfer.queue import open_broker
-from fleetinfer.queue.base import QueueStats
+from fleetinfer.queue.base import Broker, QueueStats
 
 NOW = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
 
@@ -313,3 +313,27 @@ def test_the_thread_publishes_at_start_when_woken_and_a_fresh_reading_at_stop(
         broker.send(6)
         publisher.stop()  # within the second of the drain's reading: read again all the same
     assert _published(moto_endpoint, unique_name, 3) == {2.0, 5.0, 6.0}
+
+
+def test_unreadable_queue_depths_warn_once_per_streak(caplog: pytest.LogCaptureFixture) -> None:
+    class Flaky:  # a broker of which the collector reads only stats()
+        def __init__(self) -> None:
+            self.down = True
+
+        def stats(self) -> QueueStats:
+            if self.down:
+                raise BrokerUnavailableError("down")
+            return QueueStats(visible=1, in_flight=0, delayed=0, dead=0)
+
+    broker = Flaky()
+    collector = QueueCollector(cast(Broker, broker))
+    caplog.set_level(logging.INFO, logger="fleetinfer.node")
+    assert [collector.stats(fresh=True) for _ in range(5)] == [None] * 5
+    broker.down = False
+    assert collector.stats(fresh=True) is not None
+    broker.down = True
+    assert collector.stats(fresh=True) is None
+    messages = [r.getMessage() for r in caplog.records if r.name == "fleetinfer.node"]
+    assert [m.split(" (")[0] for m in messages] == [
+        "cannot read queue depths", "queue depths readable again", "cannot read queue depths",
+    ]  # fmt: skip

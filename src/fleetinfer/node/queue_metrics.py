@@ -6,7 +6,8 @@
 
 These are what an autoscaler scales on (KEDA, the node's CloudWatch metrics of `cloudwatch.py`):
 the backlog and how long it has waited. Readings are cached for `min_interval_s`, so frequent scrapes cost one broker round
-trip a second at most; a broker that does not answer leaves the gauges out of that scrape.
+trip a second at most; a broker that does not answer leaves the gauges out of that scrape
+(one warning per streak of failed readings).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class QueueCollector:
         self._lock = threading.Lock()
         self._stats: QueueStats | None = None
         self._read_at = float("-inf")
+        self._failing = False  # the last reading failed (and was warned of)
 
     def stats(self, *, fresh: bool = False) -> QueueStats | None:
         """The latest depths (read again when older than min_interval_s, or when `fresh`);
@@ -53,8 +55,13 @@ class QueueCollector:
                 try:
                     self._stats = self.broker.stats()
                 except TransientError as exc:
-                    log.warning("cannot read queue depths (for /metrics, CloudWatch): %s", exc)
-                    self._stats = None
+                    if not self._failing:  # one warning per streak of failed readings
+                        log.warning("cannot read queue depths (for /metrics, CloudWatch): %s", exc)
+                    self._stats, self._failing = None, True
+                    return None
+                if self._failing:
+                    log.info("queue depths readable again (for /metrics, CloudWatch)")
+                    self._failing = False
             return self._stats
 
     def collect(self) -> Iterator[Metric]:
