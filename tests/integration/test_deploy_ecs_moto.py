@@ -70,6 +70,12 @@ def test_rendered_ecs_definitions_register_in_moto_and_read_back(
         assert container[key] == sent[key], key
     assert back["placementConstraints"] == task["placementConstraints"]
     assert (
+        back["taskRoleArn"]
+        == task["taskRoleArn"]
+        == "arn:aws:iam::123456789012:role/fleetinfer-node"
+    )
+    assert back["executionRoleArn"] == task["executionRoleArn"]
+    assert (
         "attribute:ecs.cpu-architecture in [x86_64, arm64]"
         in back["placementConstraints"][0]["expression"]
     )

@@ -93,6 +93,8 @@ def task_definition(d: Deployment) -> dict[str, Any]:
     }
     if d.deploy.ecs.execution_role_arn:
         request["executionRoleArn"] = d.deploy.ecs.execution_role_arn
+    if d.deploy.ecs.task_role_arn:
+        request["taskRoleArn"] = d.deploy.ecs.task_role_arn
     return request
 
 

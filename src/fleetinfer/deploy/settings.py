@@ -55,7 +55,8 @@ class EcsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cluster: Name = "fleetinfer"
     spot_auto_scaling_groups: dict[Arch, str] = msgspec.field(default_factory=dict)
     secret_arns: dict[Literal["queue", "results"], str] = msgspec.field(default_factory=dict)
-    execution_role_arn: str | None = None
+    execution_role_arn: str | None = None  # pulls the image, reads the secrets
+    task_role_arn: str | None = None  # the node's own AWS calls: CloudWatch, SQS, S3 registry
     log_group: str = "/fleetinfer/node"
     metric_namespace: str = "Fleetinfer"
 
