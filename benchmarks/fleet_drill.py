@@ -1,12 +1,12 @@
 """Fleet drill on this machine: three `fleetinfer run` nodes, each its own process group, socket
 folder and (as root) IPC namespace and /dev/shm, on one queue with PostgreSQL results.
 
-1. Kill and spot, on Redis and on SQS (a moto server): 3,000 model-calling tasks (300 on SQS:
-   through moto one receive and delete cost ~50-100 ms of Python here); node1 is
+1. Kill and spot, on Redis and on SQS (a moto server, with the tests' cheap clock:
+   tests/helpers/moto_server.py): 3,000 model-calling tasks each; node1 is
    SIGKILLed whole at a fifth of them and a replacement starts, node2 gets a spot notice from a
    local instance-metadata stub at two fifths and drains. Reported: tasks, results, duplicates,
-   lost, the tasks the killed node had in flight that ran again, the seconds from the kill until
-   the last of them started again (the queue's visibility timeout is 2 s), the spot drain time.
+   lost, the tasks received again between the kill and the notice (the killed node's in-flight
+   ones), the seconds from the kill until the last of them started again (the queue's visibility timeout is 2 s), the spot drain time.
 2. Autoscaled, on Redis: the backlog policy (`fleetinfer.plan.policy.desired_nodes`) decides every
    second from `broker.stats()` how many nodes run (600 queued tasks per node, 0 to 3 nodes); every
    decision that changed the count is listed with the numbers that drove it.
@@ -52,7 +52,8 @@ def moto_server() -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "tests.helpers.moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        cwd=Path(__file__).resolve().parents[1],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -112,8 +113,7 @@ def autoscaled() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="redis,sqs")
-    parser.add_argument("--tasks", type=int, default=3000, help="tasks on Redis")
-    parser.add_argument("--sqs-tasks", type=int, default=300, help="tasks on SQS (moto is slow)")
+    parser.add_argument("--tasks", type=int, default=3000, help="tasks per drill")
     parser.add_argument("--no-autoscale", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -121,8 +121,7 @@ def main() -> None:
     out: dict[str, Any] = {"cores": os.cpu_count(), "private_shm": shm_namespaces_work()}
     with moto_server() as endpoint:
         for backend in args.backends.split(","):
-            tasks = args.sqs_tasks if backend == "sqs" else args.tasks
-            out[f"kill_and_spot_{backend}"] = kill_and_spot(backend, endpoint, tasks)
+            out[f"kill_and_spot_{backend}"] = kill_and_spot(backend, endpoint, args.tasks)
     if not args.no_autoscale:
         out["autoscaled_redis"] = autoscaled()
     print(json.dumps(out, indent=2))

@@ -61,8 +61,17 @@ def needs_model(ctx: TaskContext, payload: Any) -> None:
 
 @app.task
 def affine(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """Run the `affine` model of the worker's repository on one row `x`."""
+    """Run the `affine` model of the worker's repository on one row `x`. With
+    $FLEETINFER_DRILL_STARTED set (the fleet drill's nodes), the task id is appended to that
+    file first: which tasks a node had started when it vanished."""
+    import os
+
     import numpy as np
+
+    started = os.environ.get("FLEETINFER_DRILL_STARTED")
+    if started:
+        with open(started, "a", encoding="utf-8") as log:
+            log.write(ctx.task_id + "\n")
 
     outputs = ctx.model("affine").infer({"x": np.asarray([payload["x"]], dtype=np.float32)})
     return {"y": outputs["y"][0].tolist()}
