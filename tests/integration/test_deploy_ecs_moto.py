@@ -122,18 +122,7 @@ def test_an_sqs_queue_scales_ecs_on_sqs_metrics_registered_in_moto(
         "ApproximateNumberOfMessagesVisible", "ApproximateNumberOfMessagesNotVisible",
         "RunningTaskCount",
     ]  # fmt: skip
-    ecs = boto3.client("ecs", endpoint_url=moto_endpoint, region_name="us-east-1")
-    ecs.create_cluster(clusterName=unique_name)
-    ecs.register_task_definition(**files["task-definition.json"])
-    ecs.create_service(**files["service.json"])
-    autoscaling = boto3.client(
-        "application-autoscaling", endpoint_url=moto_endpoint, region_name="us-east-1"
-    )
-    autoscaling.register_scalable_target(**scaling["registerScalableTarget"])
-    autoscaling.put_scaling_policy(**scaling["putScalingPolicy"])
-    policy = autoscaling.describe_scaling_policies(
-        ServiceNamespace="ecs", ResourceId=scaling["registerScalableTarget"]["ResourceId"]
-    )["ScalingPolicies"][0]
+    policy = _stored_policy(moto_endpoint, files, unique_name)
     sent = scaling["putScalingPolicy"]["TargetTrackingScalingPolicyConfiguration"]
     assert policy["TargetTrackingScalingPolicyConfiguration"] == sent
     cloudwatch = boto3.client("cloudwatch", endpoint_url=moto_endpoint, region_name="us-east-1")
@@ -148,6 +137,16 @@ def _stored_policy_metrics(
     moto_endpoint: str, files: dict[str, Any], name: str
 ) -> list[dict[str, Any]]:
     """The metric-math queries of the target tracking, as application-autoscaling stored them."""
+    policy = _stored_policy(moto_endpoint, files, name)
+    metrics: list[dict[str, Any]] = policy["TargetTrackingScalingPolicyConfiguration"][
+        "CustomizedMetricSpecification"
+    ]["Metrics"]
+    return metrics
+
+
+def _stored_policy(moto_endpoint: str, files: dict[str, Any], name: str) -> dict[str, Any]:
+    """The rendered cluster, task, service and scaling policy sent to moto; the policy as
+    application-autoscaling stored it."""
     ecs = boto3.client("ecs", endpoint_url=moto_endpoint, region_name="us-east-1")
     ecs.create_cluster(clusterName=name)
     ecs.register_task_definition(**files["task-definition.json"])
@@ -158,13 +157,10 @@ def _stored_policy_metrics(
     scaling = files["scaling.json"]
     autoscaling.register_scalable_target(**scaling["registerScalableTarget"])
     autoscaling.put_scaling_policy(**scaling["putScalingPolicy"])
-    policy = autoscaling.describe_scaling_policies(
+    policy: dict[str, Any] = autoscaling.describe_scaling_policies(
         ServiceNamespace="ecs", ResourceId=scaling["registerScalableTarget"]["ResourceId"]
     )["ScalingPolicies"][0]
-    metrics: list[dict[str, Any]] = policy["TargetTrackingScalingPolicyConfiguration"][
-        "CustomizedMetricSpecification"
-    ]["Metrics"]
-    return metrics
+    return policy
 
 
 def test_the_backlog_the_ecs_policy_reads_is_what_a_node_of_the_task_publishes(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -135,6 +136,17 @@ def test_catalog_refresh_reads_spot_history_from_moto_and_keeps_what_it_cannot_r
     assert offer.on_demand_usd_per_hour == shipped.types[offer.name].usd_per_hour["us-east-1"]
 
 
+def _validate(bench: Path, mode: str) -> dict[str, Any]:
+    """`plan --validate --json` on the tiny app's six payloads: its document."""
+    code, out, err = _run("plan", "--profile", str(bench), "--validate", "--mode", mode,
+                          "--target", "examples.tinyapp.tasks:score", "--models",
+                          str(ROOT / "examples/tinyapp/models"), "--payloads",
+                          str(ROOT / "examples/tinyapp/payloads.jsonl"), "--tasks", "6", "--json")  # fmt: skip
+    assert code == ExitCode.OK, err
+    document: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return document
+
+
 def test_validate_prints_the_projection_for_this_machine_beside_a_node_run(tmp_path: Path) -> None:
     footprint = {
         "worker_mib": 60.0,
@@ -147,12 +159,7 @@ def test_validate_prints_the_projection_for_this_machine_beside_a_node_run(tmp_p
         "bench": {"target": "examples.tinyapp.tasks:score", "workers": 1},
         "modes": {"isolated": {"projection": {"footprint": footprint}, "first_task_s": 1.0}},
     }))  # fmt: skip
-    code, out, err = _run("plan", "--profile", str(bench), "--validate", "--mode", "isolated",
-                          "--target", "examples.tinyapp.tasks:score", "--models",
-                          str(ROOT / "examples/tinyapp/models"), "--payloads",
-                          str(ROOT / "examples/tinyapp/payloads.jsonl"), "--tasks", "6", "--json")  # fmt: skip
-    assert code == ExitCode.OK, err
-    document = json.loads(out.strip().splitlines()[-1])
+    document = _validate(bench, "isolated")
     assert document["measured"]["tasks"] == 6
     assert document["measured"]["workers"] == 1
     assert document["projection"]["instance"] == "this-machine"
@@ -171,12 +178,7 @@ def test_validate_runs_the_node_with_the_model_server_laid_out_as_the_bench_meas
                   "server_instances": 2, "server_threads": 1},
         "modes": {"shared": {"projection": {"footprint": footprint}, "first_task_s": 1.0}},
     }))  # fmt: skip
-    code, out, err = _run("plan", "--profile", str(bench), "--validate", "--mode", "shared",
-                          "--target", "examples.tinyapp.tasks:score", "--models",
-                          str(ROOT / "examples/tinyapp/models"), "--payloads",
-                          str(ROOT / "examples/tinyapp/payloads.jsonl"), "--tasks", "6", "--json")  # fmt: skip
-    assert code == ExitCode.OK, err
-    document = json.loads(out.strip().splitlines()[-1])
+    document = _validate(bench, "shared")
     assert document["measured"]["tasks"] == 6
     assert document["measured"]["server"] == "2 instance(s) x 1 thread(s)"
 
