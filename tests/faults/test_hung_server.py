@@ -35,6 +35,8 @@ PROBE = (
     "3",
 )
 RESTART_BUDGET_S = 3 * (0.5 + 1.0) + 15.0  # failed probes, then a server start on a loaded host
+RELEASE_MARGIN_S = 6.0  # the deadline's failures reach /metrics on a loaded host; the visibility
+# timeout (120 s) is what a held task would wait for instead
 
 
 @pytest.mark.parametrize("queue_url", ["sqlite", "redis"], indirect=True)
@@ -57,9 +59,13 @@ def test_a_frozen_server_is_replaced_and_the_nodes_tasks_complete_again(
             freeze(old_server)
             frozen_at = time.monotonic()
             # the calls in flight fail at their deadline: their tasks are released, not held
-            wait_for(lambda: _failed(node) >= 2, DEADLINE_S + 3, "the held tasks to be released")
+            wait_for(
+                lambda: _failed(node) >= 2,
+                DEADLINE_S + RELEASE_MARGIN_S,
+                "the held tasks to be released",
+            )
             wait_for(lambda: _status(node, "/readyz")[0] == 503, 10, "/readyz to say not ready")
-            assert time.monotonic() - frozen_at < DEADLINE_S + 3
+            assert time.monotonic() - frozen_at < DEADLINE_S + RELEASE_MARGIN_S
             done_at_freeze = store.count()
             wait_for(
                 lambda: store.count() >= done_at_freeze + 10,
