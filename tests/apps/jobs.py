@@ -63,7 +63,8 @@ def needs_model(ctx: TaskContext, payload: Any) -> None:
 def affine(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Run the `affine` model of the worker's repository on one row `x`. With
     $FLEETINFER_DRILL_STARTED set (the fleet drill's nodes), the task id is appended to that
-    file first: which tasks a node had started when it vanished."""
+    file first: which tasks a node had started when it vanished; $FLEETINFER_DRILL_TASK_S makes
+    each task take that long (the node that will vanish)."""
     import os
 
     import numpy as np
@@ -72,6 +73,7 @@ def affine(ctx: TaskContext, payload: dict[str, Any]) -> dict[str, Any]:
     if started:
         with open(started, "a", encoding="utf-8") as log:
             log.write(ctx.task_id + "\n")
+    time.sleep(float(os.environ.get("FLEETINFER_DRILL_TASK_S", "0")))
 
     outputs = ctx.model("affine").infer({"x": np.asarray([payload["x"]], dtype=np.float32)})
     return {"y": outputs["y"][0].tolist()}

@@ -59,7 +59,13 @@ def shm_namespaces_work() -> bool:
 class FleetNode(NodeProcess):
     """One node as a machine: own process group, TMPDIR and (where possible) /dev/shm."""
 
-    def __init__(self, name: str, node_args: Sequence[str], root: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        node_args: Sequence[str],
+        root: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         folder = root / name
         folder.mkdir(parents=True)
         # short: the socket path inside must stay under AF_UNIX's 108 bytes, wherever root is
@@ -70,6 +76,7 @@ class FleetNode(NodeProcess):
             command = ["unshare", "--ipc", "--mount", "sh", "-c", PRIVATE_SHM, name, *command]
         self.started_path = folder / "started.log"  # task ids, as each task starts
         env = _env() | {"TMPDIR": str(self.tmp), "FLEETINFER_DRILL_STARTED": str(self.started_path)}
+        env |= extra_env or {}
         self.name, self.log_path = name, folder / "node.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -124,10 +131,10 @@ class LocalFleet:
         self.stopped: list[FleetNode] = []
         self._started = 0
 
-    def start(self, *extra: str) -> FleetNode:
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> FleetNode:
         self._started += 1
         name = f"node{self._started}"
-        node = FleetNode(name, [*self._node_args(name), *extra], self._root)
+        node = FleetNode(name, [*self._node_args(name), *extra], self._root, env)
         self.running.append(node)
         return node
 
@@ -213,6 +220,7 @@ class SpotMetadataStub:
 TASKS = 3000
 WORKERS = 2
 GRACE_S = 5
+DOOMED_TASK_S = 0.1  # how long each task of the node that vanishes takes
 
 
 def node_args(queue_url: str, results_url: str, models: Path, *extra: str) -> list[str]:
@@ -307,7 +315,10 @@ def kill_and_spot_drill(
     fleet = LocalFleet(lambda name: node_args(queue_url, results_url, models), root)
     started_s = time.monotonic()
     try:
-        doomed, spotted, survivor = fleet.start(), fleet.start(*spot_args), fleet.start()
+        # the doomed node's tasks nap, so that the kill finds it holding tasks (fast tasks leave
+        # a node between messages now and then: nothing would come back to count)
+        doomed = fleet.start(env={"FLEETINFER_DRILL_TASK_S": str(DOOMED_TASK_S)})
+        spotted, survivor = fleet.start(*spot_args), fleet.start()
         nodes = (doomed, spotted, survivor)
         report = _kill_then_spot(queue_url, results_url, tasks, fleet, nodes, spot)
         wait_until_done(queue_url, results_url, tasks, 120)
