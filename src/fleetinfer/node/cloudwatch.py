@@ -29,7 +29,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from fleetinfer.errors import ConfigError, MissingExtraError
+from fleetinfer.aws import import_boto3
+from fleetinfer.errors import ConfigError
 from fleetinfer.node.queue_metrics import QueueCollector
 from fleetinfer.queue.base import QueueStats
 
@@ -92,20 +93,10 @@ def metric_data(
     ]  # fmt: skip
 
 
-def _import_boto3() -> Any:
-    try:
-        import boto3
-    except ImportError as exc:
-        raise MissingExtraError(
-            "boto3", "sqs", "publishing queue depths to CloudWatch (node.cloudwatch_namespace)"
-        ) from exc
-    return boto3
-
-
 def open_cloudwatch(options: CloudWatchOptions) -> Any:
     """A CloudWatch client: `MissingExtraError` without boto3, `ConfigError` without a region.
     Credentials are looked up on the first request (a missing one is a failed publish)."""
-    boto3 = _import_boto3()
+    boto3 = import_boto3("publishing queue depths to CloudWatch (node.cloudwatch_namespace)")
     from botocore.config import Config
     from botocore.exceptions import NoRegionError
 

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fleetinfer.errors import ConfigError, MissingExtraError, TransientError
+from fleetinfer.aws import import_boto3
+from fleetinfer.errors import ConfigError, TransientError
 from fleetinfer.plan.catalog import Catalog, InstanceType
 
 PRICING_REGION = "us-east-1"  # the Price List API answers from us-east-1 (and ap-south-1)
@@ -83,7 +84,7 @@ def refresh_catalog(
     catalog: Catalog, region: str, *, endpoint_url: str | None = None, today: dt.date | None = None
 ) -> tuple[Catalog, RefreshReport]:
     """A copy of `catalog` with `region`'s on-demand prices and spot discounts read today."""
-    boto3 = _boto3()
+    boto3 = import_boto3("fleetinfer catalog refresh")
     if boto3.Session().get_credentials() is None:
         raise ConfigError(
             "catalog refresh needs AWS credentials (environment, ~/.aws, or an instance role): "
@@ -172,11 +173,3 @@ def translate_boto_errors(call: str) -> Iterator[None]:
         raise TransientError(f"{call}: AWS could not be reached, try again: {exc}") from exc
     except bx.ClientError as exc:
         raise ConfigError(f"{call} was refused: {exc}") from exc
-
-
-def _boto3() -> Any:
-    try:
-        import boto3
-    except ImportError as exc:
-        raise MissingExtraError("boto3", "sqs", "fleetinfer catalog refresh") from exc
-    return boto3

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from fleetinfer.errors import ConfigError, MissingExtraError, RegistryUnavailableError
+from fleetinfer.aws import import_boto3
+from fleetinfer.errors import ConfigError, RegistryUnavailableError
 
 
 class RegistryStore(ABC):
@@ -121,7 +122,7 @@ class S3Store(RegistryStore):
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         self.url, self.bucket = url, parsed.netloc
         self.prefix = parsed.path.strip("/")
-        boto3 = _import_boto3()
+        boto3 = import_boto3("the S3 model registry")
         from botocore.config import Config
 
         config = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2})
@@ -203,14 +204,6 @@ class S3Store(RegistryStore):
                 f"registry {self.url} cannot be reached: {exc}; nodes keep serving what they "
                 "have; check endpoint_url and the network"
             ) from exc
-
-
-def _import_boto3() -> Any:
-    try:
-        import boto3
-    except ImportError as exc:
-        raise MissingExtraError("boto3", "sqs", "the S3 model registry") from exc
-    return boto3
 
 
 def open_store(url: str) -> RegistryStore:

@@ -35,11 +35,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from fleetinfer.aws import import_boto3
 from fleetinfer.errors import (
     BrokerUnavailableError,
     ConfigError,
     InputError,
-    MissingExtraError,
     QueueError,
     ReceiptExpiredError,
 )
@@ -77,14 +77,6 @@ _REASON = "fleetinfer_reason"
 _ORIGINAL_ID = "fleetinfer_message_id"
 _RECEIVE_COUNT = "fleetinfer_receive_count"
 _DEAD_AT = "fleetinfer_dead_at"
-
-
-def _import_boto3() -> Any:
-    try:
-        import boto3
-    except ImportError as exc:
-        raise MissingExtraError("boto3", "sqs", "the SQS broker") from exc
-    return boto3
 
 
 def _whole_seconds(seconds: float) -> int:
@@ -180,7 +172,7 @@ class SqsBroker(Broker):
         )
 
     def _make_client(self, region: str | None, endpoint_url: str | None) -> Any:
-        boto3 = _import_boto3()
+        boto3 = import_boto3("the SQS broker")
         from botocore.config import Config
 
         config = Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=40)
