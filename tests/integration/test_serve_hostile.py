@@ -294,7 +294,9 @@ def test_the_server_accepts_again_after_running_out_of_descriptors(short_dir: Pa
         call.join(10)
         client.close()
         assert answered, "the server never answered the client after the others closed"
-        assert answered[0] - closed_at < 1.0
+        # the accept loop retries every 0.1 s at most; the rest is the server closing 1,100
+        # connections and the first call, which a loaded host slows (1.9 s seen in a full run)
+        assert answered[0] - closed_at < 5.0
         assert proc.poll() is None
         assert _metric(port, "fleetinfer_accept_errors") > 0
     finally:
