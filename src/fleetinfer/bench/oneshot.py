@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 
 
 class TimedLoadHandle:
-    """A handle that loads its session before the first call (timed), then counts each call."""
+    """A handle that loads its session before the first call (timed), then counts each call and
+    the CPU it took on the calling thread (`model_cpu_s`: all of it with in-process sessions of
+    one intra-op thread)."""
 
     def __init__(self, client: InProcessModelClient, name: str, stats: dict[str, float]) -> None:
         self._client, self._name, self._stats = client, name, stats
@@ -58,7 +60,11 @@ class TimedLoadHandle:
             self._stats["load_s"] += time.time() - started
             self._loaded.add(version)
         self._stats["model_calls"] += 1
-        return self._handle.infer(inputs, version=version)
+        started_cpu = time.thread_time()
+        try:
+            return self._handle.infer(inputs, version=version)
+        finally:
+            self._stats["model_cpu_s"] += time.thread_time() - started_cpu
 
     def empty(self, shape: tuple[int, ...], dtype: Any = "float32") -> np.ndarray[Any, Any]:
         return self._handle.empty(shape, dtype)
@@ -80,8 +86,10 @@ def _context(task: Task, models: Any) -> TaskContext:
     )
 
 
-class _Runner:
-    """The task and an in-process client; handles are kept per model for the process's life."""
+class TaskRunner:
+    """The task and an in-process client; handles are kept per model for the process's life.
+    `stats` adds up the model load (`load_s`), the calls (`model_calls`) and their CPU
+    (`model_cpu_s`) over every run."""
 
     def __init__(self, target: str, repository: Path, threads: int) -> None:
         from fleetinfer.client import InProcessModelClient
@@ -91,7 +99,7 @@ class _Runner:
         resolved = resolve_target(target)
         self.task = resolved.app.get(resolved.task_name())
         self.client = InProcessModelClient(repository, intra_op_threads=threads)
-        self.stats = {"load_s": 0.0, "model_calls": 0.0}
+        self.stats = {"load_s": 0.0, "model_calls": 0.0, "model_cpu_s": 0.0}
         self._handles: dict[str, TimedLoadHandle] = {}
 
     def model(self, name: str) -> ModelHandle:
@@ -106,7 +114,7 @@ class _Runner:
 def run_once(args: argparse.Namespace, payload: Any) -> dict[str, Any]:
     report: dict[str, Any] = {"spawned_at": args.spawned_at}
     report["interpreter_ready_at"] = INTERPRETER_READY_AT
-    runner = _Runner(args.target, args.models, args.threads)
+    runner = TaskRunner(args.target, args.models, args.threads)
     report["imports_done_at"] = time.time()
     report["task_started_at"] = time.time()
     try:
@@ -123,7 +131,7 @@ def run_once(args: argparse.Namespace, payload: Any) -> dict[str, Any]:
 def calibrate(args: argparse.Namespace, payloads: Sequence[Any]) -> dict[str, Any]:
     if len(payloads) < 2:
         raise SystemExit("oneshot --calibrate: expected at least 2 payloads (1 warm-up)")
-    runner = _Runner(args.target, args.models, args.threads)
+    runner = TaskRunner(args.target, args.models, args.threads)
     runner.run(payloads[0])
     cpu_started, wall_started = time.process_time(), time.perf_counter()
     calls_before = runner.stats["model_calls"]
