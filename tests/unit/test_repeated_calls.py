@@ -62,6 +62,42 @@ def test_an_input_in_the_region_is_read_in_place_by_a_repeated_call(
     assert call.staged == ()  # nothing copied: the server reads `x` where it lies
 
 
+def test_windows_drawn_into_one_array_and_sent_one_by_one_share_one_staged_call(
+    client: SharedModelClient,
+) -> None:
+    """A task draws its windows into one `empty()` array and sends them one at a time: each
+    lies in the region, somewhere else each time. From the second window on they share one
+    repeated call that copies them to its staging range: one request body the server knows."""
+    handle = client.model("affine")
+    for task in range(3):
+        windows = client.empty((6, 1, 4), np.float32)
+        windows[...] = np.arange(24, dtype=np.float32).reshape(6, 1, 4) + 100 * task
+        for i in range(6):
+            y = handle.infer({"x": windows[i]})["y"]
+            np.testing.assert_array_equal(y, windows[i] * 3.0 + 1.0)
+            assert not np.shares_memory(y, windows)
+        del windows
+    (call,) = channel_of(client)._repeated.values()
+    assert [name for name, _ in call.staged] == ["x"]  # staged, wherever the window lay
+
+
+def test_an_input_read_in_place_stays_in_place_next_to_moving_windows(
+    client: SharedModelClient,
+) -> None:
+    handle, fixed = client.model("affine"), client.empty((1, 4), np.float32)
+    windows = client.empty((4, 1, 4), np.float32)
+    windows[...] = np.arange(16, dtype=np.float32).reshape(4, 1, 4)
+    for value in (1.0, 2.0):  # kept in place first: its place repeats
+        fixed[:] = value
+        handle.infer({"x": fixed})
+    for i in range(4):
+        np.testing.assert_array_equal(handle.infer({"x": windows[i]})["y"], windows[i] * 3 + 1)
+        fixed[:] = -i
+        assert handle.infer({"x": fixed})["y"].tolist() == [[-i * 3.0 + 1.0] * 4]
+    kept = channel_of(client)._repeated.values()
+    assert sorted(len(call.staged) for call in kept) == [0, 1]  # in place, and staged
+
+
 def test_requests_of_other_shapes_are_repeated_calls_of_their_own(
     client: SharedModelClient,
 ) -> None:

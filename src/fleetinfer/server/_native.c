@@ -141,11 +141,15 @@ static void buffers_release(Buffers *buffers) {
 }
 
 /* 1: `key` and `buffers` filled; 0: this request cannot be keyed (Python takes it);
-   -1: an exception is set. The caller releases `buffers` in every case. */
+   -1: an exception is set. The caller releases `buffers` in every case. With `copied_in`,
+   every input is keyed as copied in, wherever it lies: the key of a call kept with all its
+   inputs staged (`channel._copied_in_key`). `*in_region` says whether an input lay in the
+   region. */
 static int make_key(Lane *self, PyObject *model, PyObject *version, PyObject *inputs, Key *key,
-                    Buffers *buffers) {
+                    Buffers *buffers, int copied_in, int *in_region) {
     key->used = 0;
     buffers->count = 0;
+    *in_region = 0;
     if (!PyUnicode_Check(model) || !PyDict_CheckExact(inputs)) return 0;
     if (PyDict_GET_SIZE(inputs) > MAX_INPUTS) return 0;
     int64_t version_number = 0;
@@ -176,8 +180,10 @@ static int make_key(Lane *self, PyObject *model, PyObject *version, PyObject *in
         uintptr_t start = (uintptr_t)view->buf;
         int64_t placed = NOT_IN_REGION;
         if (start >= self->region_start && view->len <= self->region_size &&
-            start - self->region_start <= (uintptr_t)(self->region_size - view->len))
-            placed = (int64_t)(start - self->region_start);
+            start - self->region_start <= (uintptr_t)(self->region_size - view->len)) {
+            *in_region = 1;
+            if (!copied_in) placed = (int64_t)(start - self->region_start);
+        }
         if (!key_add(key, view->format, 1) || !key_add_int(key, view->itemsize) ||
             !key_add_int(key, view->ndim) || !key_add_int(key, placed))
             return 0;
@@ -329,12 +335,15 @@ static PyObject *Lane_next_id(Lane *self, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromUnsignedLong(self->last_id);
 }
 
+/* key(model, version, inputs, copied_in=False): the key `call` looks a request up by; with
+   copied_in, the key of the call kept with every input staged (see `make_key`). */
 static PyObject *Lane_key(Lane *self, PyObject *args) {
     PyObject *model, *version, *inputs;
-    if (!PyArg_ParseTuple(args, "OOO", &model, &version, &inputs)) return NULL;
+    int copied_in = 0, in_region;
+    if (!PyArg_ParseTuple(args, "OOO|p", &model, &version, &inputs, &copied_in)) return NULL;
     Key key;
     Buffers buffers;
-    int made = make_key(self, model, version, inputs, &key, &buffers);
+    int made = make_key(self, model, version, inputs, &key, &buffers, copied_in, &in_region);
     buffers_release(&buffers);
     if (made < 0) return NULL;
     if (made == 0) Py_RETURN_NONE;
@@ -428,6 +437,15 @@ static PyObject *copied_outputs(PyObject *outputs) {
     return result;
 }
 
+/* The kept call of `key` (borrowed) in `*entry`, NULL if none: 1, or -1 with an exception. */
+static int find_call(Lane *self, const Key *key, PyObject **entry) {
+    PyObject *key_bytes = PyBytes_FromStringAndSize(key->bytes, key->used);
+    if (key_bytes == NULL) return -1;
+    *entry = PyDict_GetItemWithError(self->calls, key_bytes);
+    Py_DECREF(key_bytes);
+    return *entry == NULL && PyErr_Occurred() ? -1 : 1;
+}
+
 /* call(model, version, inputs) -> dict of outputs | None | (token, kind, payload) */
 static PyObject *Lane_call(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) {
@@ -441,16 +459,16 @@ static PyObject *Lane_call(Lane *self, PyObject *const *args, Py_ssize_t nargs) 
     }
     Key key;
     Buffers buffers;
-    int made = make_key(self, args[0], args[1], args[2], &key, &buffers);
+    int in_region;
     PyObject *entry = NULL;
-    if (made > 0) {
-        PyObject *key_bytes = PyBytes_FromStringAndSize(key.bytes, key.used);
-        if (key_bytes == NULL) made = -1;
-        else {
-            entry = PyDict_GetItemWithError(self->calls, key_bytes);
-            Py_DECREF(key_bytes);
-            if (entry == NULL && PyErr_Occurred()) made = -1;
-        }
+    int made = make_key(self, args[0], args[1], args[2], &key, &buffers, 0, &in_region);
+    if (made > 0) made = find_call(self, &key, &entry);
+    if (made > 0 && entry == NULL && in_region) {
+        /* an input in the region, not where a kept call reads it in place: a call kept with
+           its inputs staged takes it wherever it lies (a task's windows, one after another) */
+        buffers_release(&buffers);
+        made = make_key(self, args[0], args[1], args[2], &key, &buffers, 1, &in_region);
+        if (made > 0) made = find_call(self, &key, &entry);
     }
     if (made > 0 && entry != NULL) {
         Py_INCREF(entry);

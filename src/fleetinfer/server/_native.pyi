@@ -12,7 +12,13 @@ class Lane:
     def call(
         self, model: str, version: int | None, inputs: Mapping[str, Any]
     ) -> dict[str, np.ndarray[Any, Any]] | tuple[Any, int, bytes] | None: ...
-    def key(self, model: str, version: int | None, inputs: Mapping[str, Any]) -> bytes | None: ...
+    def key(
+        self,
+        model: str,
+        version: int | None,
+        inputs: Mapping[str, Any],
+        copied_in: bool = False,
+    ) -> bytes | None: ...
     def keep(
         self,
         key: bytes,
