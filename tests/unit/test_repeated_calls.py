@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 
 from fleetinfer.client import SharedModelClient
 from fleetinfer.errors import MalformedMessageError, UnknownModelError
+from fleetinfer.server import channel as channel_module
 from fleetinfer.server.channel import (
     COPY_OUT_MAX_BYTES,
     REPEATED_CALLS_KEPT,
@@ -79,6 +80,18 @@ def test_windows_drawn_into_one_array_and_sent_one_by_one_share_one_staged_call(
         del windows
     (call,) = channel_of(client)._repeated.values()
     assert [name for name, _ in call.staged] == ["x"]  # staged, wherever the window lay
+
+
+def test_windows_too_large_to_copy_each_call_go_the_long_way(
+    client: SharedModelClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(channel_module, "STAGED_MOVING_MAX_BYTES", 16)  # a window is 32 bytes
+    handle = client.model("affine")
+    windows = client.empty((6, 2, 4), np.float32)
+    windows[...] = np.arange(48, dtype=np.float32).reshape(6, 2, 4)
+    for i in range(6):
+        np.testing.assert_array_equal(handle.infer({"x": windows[i]})["y"], windows[i] * 3 + 1)
+    assert not channel_of(client)._repeated
 
 
 def test_an_input_read_in_place_stays_in_place_next_to_moving_windows(
