@@ -45,30 +45,38 @@ import numpy as np  # noqa: E402
 from fleetinfer.bench.oneshot import TaskRunner  # noqa: E402
 from fleetinfer.bench.payloads import load_payloads, with_call_pattern  # noqa: E402
 from fleetinfer.client import ModelHandle  # noqa: E402
+from fleetinfer.compile.targets import host_cpu_flags, host_description  # noqa: E402
 
 Tensors = dict[str, np.ndarray[Any, Any]]
 
 
+class RecordingHandle:
+    """A model handle that keeps its model's first call's inputs (copies) in `first`."""
+
+    def __init__(self, handle: ModelHandle, name: str, first: dict[str, Tensors]) -> None:
+        self._handle, self._name, self._first = handle, name, first
+
+    def infer(self, inputs: Mapping[str, Any], *, version: int | None = None) -> Tensors:
+        if self._name not in self._first:
+            self._first[self._name] = {k: np.array(v) for k, v in inputs.items()}
+        return self._handle.infer(inputs, version=version)
+
+    def empty(self, shape: tuple[int, ...], dtype: Any = "float32") -> Any:
+        return self._handle.empty(shape, dtype)
+
+
 class RecordingRunner(TaskRunner):
-    """A `TaskRunner` that keeps each model's first call's inputs (copies)."""
+    """A `TaskRunner` whose handles keep each model's first call's inputs."""
 
     def __init__(self, target: str, models: Path) -> None:
         super().__init__(target, models, threads=1)
         self.first_inputs: dict[str, Tensors] = {}
+        self._recording: dict[str, RecordingHandle] = {}
 
     def model(self, name: str) -> ModelHandle:
-        handle, runner = super().model(name), self
-
-        class Recording:
-            def infer(self, inputs: Mapping[str, Any], *, version: int | None = None) -> Tensors:
-                if name not in runner.first_inputs:
-                    runner.first_inputs[name] = {k: np.array(v) for k, v in inputs.items()}
-                return handle.infer(inputs, version=version)
-
-            def empty(self, shape: tuple[int, ...], dtype: Any = "float32") -> Any:
-                return handle.empty(shape, dtype)
-
-        return Recording()
+        if name not in self._recording:
+            self._recording[name] = RecordingHandle(super().model(name), name, self.first_inputs)
+        return self._recording[name]
 
 
 def task_split(runner: TaskRunner, payloads: list[Any], rounds: int) -> dict[str, float]:
@@ -96,12 +104,12 @@ def merge_gains(session: Any, inputs: Tensors, batches: list[int], rounds: int) 
     """For each batch size n: CPU per sample of n batch-1 runs and of one run of n, and their
     ratio (the gain), medians over interleaved rounds."""
     one = {k: v[:1] for k, v in inputs.items()}
+    merged = {n: {k: np.repeat(v, n, axis=0) for k, v in one.items()} for n in batches}
     rows: dict[str, Any] = {}
     timings: dict[int, list[tuple[float, float]]] = {n: [] for n in batches}
     for r in range(rounds):
         for n in batches if r % 2 == 0 else batches[::-1]:
-            merged = {k: np.ascontiguousarray(np.repeat(v, n, axis=0)) for k, v in one.items()}
-            timings[n].append(_separate_then_merged(session, one, merged, n))
+            timings[n].append(_separate_then_merged(session, one, merged[n], n))
     for n in batches:
         separate = statistics.median(t[0] for t in timings[n]) / n
         merged_s = statistics.median(t[1] for t in timings[n]) / n
@@ -133,19 +141,11 @@ def bounds(split: Mapping[str, float], gains: Mapping[str, Any]) -> dict[str, fl
 
 
 def host() -> dict[str, Any]:
-    flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            name = next((line for line in cpuinfo if line.startswith("model name")), ":?")
-    except OSError:
-        name = ":?"
+    flags = host_cpu_flags()
     return {
-        "cpu": name.split(":", 1)[1].strip(),
-        "cpus": os.cpu_count(),
-        "avx512_vnni": "avx512_vnni" in flags.split(),
-        "avx2": "avx2" in flags.split(),
+        "cpu": host_description(),
+        "avx512_vnni": "avx512_vnni" in flags,
+        "avx2": "avx2" in flags,
         "loadavg_1m_at_start": os.getloadavg()[0],
         "python": platform.python_version(),
     }
